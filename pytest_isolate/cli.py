@@ -1,0 +1,112 @@
+"""`python -m pytest_isolate run|check|cleanup`: a thin shell over the runtime."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .runtime import IsolationError, Resources, Spec, SpecError
+from .runtime.container import start_command
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("pytest-isolate run: no command given (usage: run [options] -- CMD ...)",
+              file=sys.stderr)
+        return 2
+    env = {}
+    for item in args.env or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"pytest-isolate run: --env {item!r}: expected NAME=VALUE", file=sys.stderr)
+            return 2
+        env[key] = value
+    spec = Spec(hostname=args.hostname, network=args.network, rootfs=args.rootfs, env=env,
+                workdir=args.workdir,
+                resources=Resources(cpu=args.cpu, memory=args.memory, pids=args.pids,
+                                    timeout=args.timeout))
+    proc = start_command(spec, argv)  # stdin/stdout/stderr pass straight through
+    try:
+        result = proc.communicate()
+    except KeyboardInterrupt:
+        return 130
+    if result.timed_out:
+        print(f"pytest-isolate run: timeout {args.timeout}s exceeded: every process of the "
+              "container was killed", file=sys.stderr)
+    if result.signal is not None:
+        return 128 + result.signal
+    return result.returncode
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .runtime import probe
+
+    features = probe.check()
+    width = max(len(f.name) for f in features)
+    missing = 0
+    for f in features:
+        mark = "ok  " if f.ok else "MISS"
+        print(f"{mark}  {f.name:<{width}}  {f.detail}")
+        if not f.ok:
+            missing += 1
+            if f.fix:
+                print(f"      {'':<{width}}  fix: {f.fix}")
+    print(f"\n{len(features) - missing} of {len(features)} available")
+    return 0
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    from .runtime import state
+
+    removed = state.cleanup_stale()
+    for item in removed:
+        print(f"removed {item}")
+    print(f"{len(removed)} leftover(s) of dead runs removed")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pytest_isolate",
+                                description="Run commands in lightweight Linux containers.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a command in a container",
+                       usage="%(prog)s [options] -- CMD [ARG ...]")
+    r.add_argument("--hostname", default="isolated")
+    r.add_argument("--network", default="none", help="none (only lo) or host")
+    r.add_argument("--rootfs", help="a directory to use as root (default: the host's, CoW)")
+    r.add_argument("--workdir", help="working directory inside the container")
+    r.add_argument("--env", action="append", metavar="NAME=VALUE")
+    r.add_argument("--cpu", type=float, help="CPUs, e.g. 0.5")
+    r.add_argument("--memory", help="bytes or a size like 64M")
+    r.add_argument("--pids", type=int, help="most processes at once")
+    r.add_argument("--timeout", type=float, help="seconds; then every process is killed")
+    r.add_argument("command", nargs=argparse.REMAINDER)
+    r.set_defaults(func=_cmd_run)
+    c = sub.add_parser("check", help="what this host supports, with the fix for what is missing")
+    c.set_defaults(func=_cmd_check)
+    k = sub.add_parser("cleanup", help="remove leftovers of dead runs")
+    k.set_defaults(func=_cmd_cleanup)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as e:
+        print(f"pytest-isolate {args.cmd}: --{e.field}: {e}", file=sys.stderr)
+        return 2
+    except IsolationError as e:
+        print(f"pytest-isolate {args.cmd}: {e}", file=sys.stderr)
+        return 125
+    finally:
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os._exit(main())

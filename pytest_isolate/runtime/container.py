@@ -1,0 +1,498 @@
+"""Container lifecycle: the only module that knows the order of setup.
+
+Parent/child protocol. Root: the caller forks init directly. Rootless: an "outer" stage sits
+between them, because only a process inside the new user namespace may create the rest.
+
+  caller                      outer (rootless)           init = pid 1              workload = pid 2
+  ------                      ----------------           ------------              ----------------
+  validate(spec)
+  plan host tree (cached)
+  pipes: result, alive
+  root: unshare(NEWPID) on
+   this thread; fork; setns ------------------------->  PDEATHSIG; alive check
+   back                                                  unshare(NS|UTS|IPC|
+                                                          [NET]|CGROUP)
+  rootless: fork -----------> PDEATHSIG; alive check
+                              unshare(USER); id maps
+                              unshare(NS|UTS|IPC|[NET]|
+                               CGROUP|PID); fork ------> PDEATHSIG; alive check
+                              forward signals; wait;
+                              exit with init's code
+                                                         scratch tmpfs on /dev/shm
+                                                         host tree or image overlay
+                                                         /proc, /sys, /dev
+                                                         pivot_root; detach old root
+                                                         hostname; lo up; [time ns]
+                                                         fork -------------------> close foreign fds
+                                                         reap all, forward          no_new_privs
+                                                          signals                   run / exec
+  <--------------------------------------------------------------------- frame "return" | "raise"
+                                                                                  | "exec_error"
+  <------------------------------------------ frame "exit" {status}
+  read frames until EOF (before waitpid: frames can exceed the pipe buffer), then waitpid.
+  Any failing setup step sends frame "setup_error" {step, target, errno, hint}, exits 125.
+
+Killing the parent's direct child tears everything down: PDEATHSIG chains outer -> init, and
+when init exits the kernel kills the whole pid namespace; all mounts live in the container's
+mount namespace and vanish with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import namespaces, pid1, rootfs
+from . import syscalls as sc
+from .channel import FrameReader, write_frame
+from .errors import SetupError, SpecError
+from .result import CommandResult, Result, WorkloadError
+from .spec import Spec, validate
+
+SETUP_FAILED = 125
+PIPE = -1  # ask for a pipe to the workload's stdin/stdout/stderr
+
+_lock = threading.Lock()
+_open_fds: set[int] = set()  # every fd this module holds: forked children close the others'
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    _open_fds.update((r, w))
+    return r, w
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None and fd >= 0:
+        _open_fds.discard(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _close_foreign(keep: set[int]) -> None:
+    """Children must not hold other containers' pipes (a held write end means no EOF)."""
+    for fd in list(_open_fds):
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _open_fds.clear()
+    _open_fds.update(keep)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # the parent's was held across fork
+
+
+def _die_with_parent(alive_r: int) -> None:
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The parent may have died before prctl: then the alive pipe has no writer left.
+    readable, _, _ = select.select([alive_r], [], [], 0)
+    if readable and not os.read(alive_r, 1):
+        os._exit(SETUP_FAILED)
+
+
+class _Launch:
+    """The parent's handle on a started container: pids and pipe ends."""
+
+    def __init__(self, pid: int, result_r: int, alive_w: int, stdio: dict[int, int]):
+        self.pid = pid
+        self.result_r = result_r
+        self.alive_w = alive_w
+        self.stdio = stdio  # child fd number -> parent's end of the pipe
+
+
+class ContainerProcess:
+    """A running container. `wait()` gives its `Result`; `send_signal` reaches the workload."""
+
+    def __init__(self, spec: Spec, launch: _Launch, argv: tuple[str, ...] | None):
+        self.spec = spec
+        self._launch = launch
+        self._argv = argv
+        self._reader = FrameReader()
+        self._frames: list[dict] = []
+        self._done = False
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        """Host pid of the process the caller forked (init, or the rootless outer stage)."""
+        return self._launch.pid
+
+    def send_signal(self, sig: int) -> None:
+        """Delivered to the workload through init (which forwards TERM, INT, HUP, QUIT, USR1/2)."""
+        if not self._done:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._launch.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the container: init dies, and with it every process of its namespace."""
+        self.send_signal(signal.SIGKILL)
+
+    # -- parent side of the protocol --------------------------------------------------------
+
+    def _pump(self, deadline: float | None, stdin_data: bytes | None = None) -> tuple[bool, dict]:
+        """Read frames and captured output until EOF everywhere or the deadline.
+
+        Returns (timed_out, {fd: bytes}) with the captured stdout/stderr.
+        """
+        launch = self._launch
+        out: dict[int, bytearray] = {}
+        readers = {launch.result_r: None}
+        for child_fd, parent_fd in launch.stdio.items():
+            if child_fd != 0:
+                readers[parent_fd] = child_fd
+                out[child_fd] = bytearray()
+        stdin_fd = launch.stdio.get(0)
+        pending = memoryview(stdin_data or b"")
+        if stdin_fd is not None and not pending:
+            _close(stdin_fd)
+            launch.stdio.pop(0)
+            stdin_fd = None
+        while readers:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if deadline is not None and timeout == 0.0:
+                return True, out
+            wlist = [stdin_fd] if stdin_fd is not None else []
+            try:
+                r, w, _ = select.select(list(readers), wlist, [], timeout)
+            except InterruptedError:
+                continue
+            if not r and not w:
+                continue
+            if w:
+                try:
+                    n = os.write(stdin_fd, pending[:65536])
+                    pending = pending[n:]
+                except BrokenPipeError:
+                    pending = pending[:0]
+                if not pending:
+                    _close(stdin_fd)
+                    launch.stdio.pop(0, None)
+                    stdin_fd = None
+            for fd in r:
+                data = os.read(fd, 1 << 16)
+                target = readers[fd]
+                if not data:
+                    del readers[fd]
+                    continue
+                if target is None:
+                    self._frames.extend(self._reader.feed(data))
+                else:
+                    out[target] += data
+        return False, out
+
+    def _finish(self) -> tuple[int, dict]:
+        """Reap the direct child and release every fd; returns (wait status, last frames)."""
+        launch = self._launch
+        _, status = os.waitpid(launch.pid, 0)
+        for fd in (launch.result_r, launch.alive_w, *launch.stdio.values()):
+            _close(fd)
+        launch.stdio.clear()
+        self._done = True
+        frames: dict[str, dict] = {}
+        for frame in self._frames:
+            frames.setdefault(frame["t"], frame)
+        if "setup_error" in frames:
+            raise SetupError.from_frame(frames["setup_error"])
+        return status, frames
+
+    def _communicate(self, timeout: float | None, stdin_data: bytes | None = None):
+        limit = self.spec.resources.timeout
+        if timeout is None or (limit is not None and limit < timeout):
+            timeout = limit
+        deadline = None if timeout is None else self.started + timeout
+        try:
+            timed_out, out = self._pump(deadline, stdin_data)
+        except BaseException:
+            self.kill()
+            with contextlib.suppress(Exception):
+                self._finish()
+            raise
+        if timed_out:
+            self.kill()
+            _, more = self._pump(None)
+            for k, v in more.items():
+                out.setdefault(k, bytearray()).extend(v)
+        status, frames = self._finish()
+        return timed_out, out, status, frames
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Wait for a function workload; `timeout` kills the container when it expires."""
+        timed_out, _, status, frames = self._communicate(timeout)
+        exit_status, sig = _workload_status(frames, status)
+        value, error, returned = None, None, False
+        if "return" in frames:
+            value, returned = frames["return"].get("value"), True
+        elif "raise" in frames:
+            f = frames["raise"]
+            error = WorkloadError(f["type"], f["message"], f["traceback"])
+        return Result(value=value, error=error, exit_status=exit_status, signal=sig,
+                      timed_out=timed_out, returned=returned)
+
+    def communicate(self, input: bytes | None = None,
+                    timeout: float | None = None) -> CommandResult:
+        """Wait for a command workload, feeding `input` and collecting captured output."""
+        timed_out, out, status, frames = self._communicate(timeout, input)
+        if "exec_error" in frames:
+            f = frames["exec_error"]
+            raise SetupError("exec", f["argv0"], f["errno"], f["message"],
+                             "is the program installed in the container's root filesystem, "
+                             "and is it on PATH?")
+        exit_status, sig = _workload_status(frames, status)
+        returncode = -sig if sig is not None else (exit_status or 0)
+        return CommandResult(
+            argv=self._argv or (), returncode=returncode, timed_out=timed_out,
+            stdout=bytes(out[1]) if 1 in out else None,
+            stderr=bytes(out[2]) if 2 in out else None)
+
+
+def _workload_status(frames: dict, status: int) -> tuple[int | None, int | None]:
+    """(exit code, signal) of the workload: from init's frame, else from our direct child."""
+    if "exit" in frames:
+        status = frames["exit"]["status"]
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    code = os.waitstatus_to_exitcode(status)
+    if "exit" not in frames and code > 128:  # init or outer relayed a signal as 128+N
+        return None, code - 128
+    return code, None
+
+
+# -- child side ----------------------------------------------------------------------------
+
+def _in_child(result_w: int, body: Callable[[], None]) -> None:
+    """Run a child stage; never return into the caller's stack."""
+    code = SETUP_FAILED
+    try:
+        _after_fork_in_child()
+        body()
+        code = 0
+    except SetupError as e:
+        with contextlib.suppress(OSError):
+            write_frame(result_w, e.to_frame())
+    except BaseException as e:  # anything else during setup is still a setup failure
+        err = SetupError("container setup", "-", getattr(e, "errno", None),
+                         f"{type(e).__name__}: {e}")
+        with contextlib.suppress(OSError):
+            write_frame(result_w, err.to_frame())
+    finally:
+        os._exit(code)
+
+
+def _outer_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: set[int]) -> None:
+    """Rootless only: become root of a user namespace that owns all the other namespaces."""
+    _die_with_parent(alive_r)
+    namespaces.enter_user_namespace(os.geteuid(), os.getegid())
+    namespaces.unshare_namespaces(namespaces.namespace_flags(spec) | sc.CLONE_NEWPID)
+    forward = pid1.Forwarder()
+    pid = os.fork()
+    if pid == 0:
+        forward.restore()
+        _in_child(result_w, lambda: _init_stage(spec, plan, workload, result_w, alive_r, keep,
+                                                unshared=True, userns=True))
+    forward.target = pid
+    _, status = os.waitpid(pid, 0)
+    os._exit(pid1.exit_code_for(status))
+
+
+
+def _init_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: set[int],
+                unshared: bool, userns: bool) -> None:
+    _die_with_parent(alive_r)
+    if not unshared:
+        namespaces.unshare_namespaces(namespaces.namespace_flags(spec))
+    root = rootfs.prepare_scratch()
+    if spec.rootfs:
+        rootfs.mount_image_root(root, spec.rootfs, userns)
+        rootfs.mount_tmp(root)
+    else:
+        rootfs.mount_host_tree(root, plan, userns)
+    rootfs.mount_proc(root)
+    rootfs.mount_sys(root)
+    rootfs.mount_dev(root, userns)
+    rootfs.pivot_into(root)
+    namespaces.set_hostname(spec.hostname)
+    if spec.network != "host":
+        namespaces.bring_up_loopback()
+    if spec.time_offsets is not None:
+        namespaces.enter_time_namespace(spec.time_offsets.monotonic, spec.time_offsets.boottime)
+    forward = pid1.Forwarder()
+    pid = os.fork()
+    if pid == 0:
+        forward.restore()
+        _workload_stage(spec, workload, result_w, keep)
+    forward.target = pid
+    status = pid1.reap_until(pid)
+    write_frame(result_w, {"t": "exit", "status": status})
+    os._exit(pid1.exit_code_for(status))
+
+
+def _workload_stage(spec: Spec, workload, result_w: int, keep: set[int]) -> None:
+    code = 1
+    try:
+        _after_fork_in_child()
+        _close_foreign(keep)
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        code = workload(result_w)
+    except BaseException as e:  # a failure in our glue, not in user code
+        with contextlib.suppress(OSError):
+            write_frame(result_w, {"t": "raise", "type": type(e).__qualname__,
+                                   "message": str(e), "traceback": traceback.format_exc()})
+    finally:
+        os._exit(code)
+
+
+def _default_workdir(spec: Spec) -> str:
+    if spec.workdir:
+        return spec.workdir
+    return "/" if spec.rootfs else os.getcwd()
+
+
+def _enter_workdir(path: str) -> None:
+    try:
+        os.chdir(path)
+    except OSError as e:
+        raise SetupError("chdir", path, e.errno, str(e),
+                         "set Spec.workdir to a directory that exists in the container") from None
+
+
+def _function_workload(func: Callable, args: tuple, kwargs: dict, spec: Spec, workdir: str):
+    def run(result_w: int) -> int:
+        os.environ.update(spec.env)
+        _enter_workdir(workdir)
+        try:
+            value = func(*args, **kwargs)
+        except BaseException as e:
+            frame = {"t": "raise", "type": _qualname(type(e)), "message": str(e),
+                     "traceback": traceback.format_exc()}
+            code = 1
+        else:
+            code = 0
+            frame = {"t": "return", "value": value}
+        _flush_stdio()
+        try:
+            write_frame(result_w, frame)
+        except (TypeError, ValueError) as e:
+            write_frame(result_w, {"t": "raise", "type": "TypeError",
+                                   "message": f"the return value cannot be sent back as JSON: {e}",
+                                   "traceback": ""})
+            code = 1
+        return code
+    return run
+
+
+def _command_workload(argv: Sequence[str], spec: Spec, workdir: str, stdio: dict[int, int]):
+    env = {**os.environ, **spec.env}
+
+    def run(result_w: int) -> int:
+        for target, fd in stdio.items():
+            os.dup2(fd, target)  # dup2 clears close-on-exec on the target
+        _enter_workdir(workdir)
+        try:
+            os.execvpe(argv[0], list(argv), env)
+        except OSError as e:
+            write_frame(result_w, {"t": "exec_error", "argv0": argv[0], "errno": e.errno,
+                                   "message": e.strerror or str(e)})
+        return 127
+    return run
+
+
+def _qualname(tp: type) -> str:
+    mod = tp.__module__
+    return tp.__qualname__ if mod in ("builtins", "__main__") else f"{mod}.{tp.__qualname__}"
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+# -- entry points --------------------------------------------------------------------------
+
+def _launch(spec: Spec, workload_factory, child_stdio: dict[int, int | None]) -> _Launch:
+    """Fork the container. child_stdio maps 0/1/2 to PIPE, an fd to hand over, or None."""
+    userns = spec.wants_userns()
+    plan = None if spec.rootfs else rootfs.host_plan(split=userns)
+    with _lock:
+        result_r, result_w = _pipe()
+        alive_r, alive_w = _pipe()
+        parent_ends: dict[int, int] = {}
+        child_ends: dict[int, int] = {}
+        for target, how in child_stdio.items():
+            if how == PIPE:
+                r, w = _pipe()
+                parent_ends[target], child_ends[target] = (w, r) if target == 0 else (r, w)
+            elif how is not None:
+                child_ends[target] = how
+        keep = {result_w, alive_r, *child_ends.values()}
+        workload = workload_factory(child_ends)
+        if userns:
+            pid = os.fork()
+            if pid == 0:
+                _close_foreign(keep)
+                _in_child(result_w, lambda: _outer_stage(spec, plan, workload, result_w, alive_r,
+                                                         keep))
+        else:
+            with namespaces.pid_namespace_for_next_fork():
+                pid = os.fork()
+                if pid == 0:
+                    _close_foreign(keep)
+                    _in_child(result_w, lambda: _init_stage(spec, plan, workload, result_w,
+                                                            alive_r, keep, unshared=False,
+                                                            userns=False))
+        for fd in (result_w, alive_r, *(fd for t, fd in child_ends.items() if t in parent_ends)):
+            _close(fd)
+    return _Launch(pid, result_r, alive_w, parent_ends)
+
+
+def start(spec: Spec, func: Callable[..., Any], *args: Any, **kwargs: Any) -> ContainerProcess:
+    """Start `func(*args, **kwargs)` in a new container; returns at once."""
+    spec = validate(spec)
+    if not callable(func):
+        raise SpecError("func", func, "a callable to run inside the container")
+    workdir = _default_workdir(spec)
+    launch = _launch(spec, lambda _ends: _function_workload(func, args, kwargs, spec, workdir),
+                     {})
+    return ContainerProcess(spec, launch, None)
+
+
+def run(spec: Spec, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Result:
+    """Run `func(*args, **kwargs)` in a new container and return its `Result`.
+
+    The return value travels back as JSON. The function runs in a forked copy of this process,
+    so it needs no pickling and sees this process's imports and globals as they were.
+    """
+    return start(spec, func, *args, **kwargs).wait()
+
+
+def start_command(spec: Spec, argv: Sequence[str], stdin: int | None = None,
+                  stdout: int | None = None, stderr: int | None = None) -> ContainerProcess:
+    """Start `argv` in a new container. stdin/stdout/stderr: PIPE, an fd, or None (inherit)."""
+    spec = validate(spec)
+    if isinstance(argv, (str, bytes)) or not argv or not all(isinstance(a, str) for a in argv):
+        raise SpecError("argv", argv, "a non-empty list of str, e.g. ['true']")
+    workdir = _default_workdir(spec)
+    argv = tuple(argv)
+    launch = _launch(spec, lambda ends: _command_workload(argv, spec, workdir, ends),
+                     {0: stdin, 1: stdout, 2: stderr})
+    return ContainerProcess(spec, launch, argv)
+
+
+def run_command(spec: Spec, argv: Sequence[str], input: bytes | None = None,
+                timeout: float | None = None, capture_output: bool = True) -> CommandResult:
+    """Run `argv` in a new container; like subprocess.run with capture_output by default."""
+    how = PIPE if capture_output else None
+    proc = start_command(spec, argv, stdin=PIPE if input is not None else None,
+                         stdout=how, stderr=how)
+    return proc.communicate(input=input, timeout=timeout)
+

@@ -1,0 +1,114 @@
+"""Namespace steps: enter a user namespace, unshare the rest, time offsets, hostname, lo up.
+
+Rule: step functions take explicit arguments, raise SetupError, and never call each other;
+`container.py` decides the order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Iterator
+
+from . import syscalls as sc
+from .errors import SetupError, hint_for
+from .spec import Spec
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def namespace_flags(spec: Spec) -> int:
+    """The namespaces pid 1 lives in (user and time are handled by their own steps)."""
+    flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
+    if spec.network != "host":
+        flags |= sc.CLONE_NEWNET
+    return flags
+
+
+def unshare_namespaces(flags: int) -> None:
+    try:
+        sc.unshare(flags)
+    except OSError as e:
+        raise SetupError("unshare", f"flags {flags:#x}", e.errno, str(e),
+                         hint_for("unshare", e.errno)) from None
+
+
+def enter_user_namespace(outer_uid: int, outer_gid: int) -> None:
+    """Become root of a new user namespace mapping only the caller's own ids (no helpers)."""
+    try:
+        sc.unshare(sc.CLONE_NEWUSER)
+    except OSError as e:
+        raise SetupError("unshare", "user namespace", e.errno, str(e),
+                         hint_for("unshare", e.errno)) from None
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {outer_uid} 1"),
+                       ("gid_map", f"0 {outer_gid} 1")):
+        try:
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        except OSError as e:
+            raise SetupError("write id map", f"/proc/self/{name}", e.errno, str(e)) from None
+
+
+@contextlib.contextmanager
+def pid_namespace_for_next_fork() -> Iterator[None]:
+    """As root: the next fork of this thread becomes pid 1 of a new pid namespace.
+
+    Saves a whole fork compared with an intermediate process. pid_for_children is per thread,
+    so other threads are unaffected; it is restored right after the fork.
+    """
+    own = os.open("/proc/thread-self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            sc.unshare(sc.CLONE_NEWPID)
+        except OSError as e:
+            raise SetupError("unshare", "pid namespace", e.errno, str(e),
+                             hint_for("unshare", e.errno)) from None
+        try:
+            yield
+        finally:
+            sc.setns(own, sc.CLONE_NEWPID)
+    finally:
+        os.close(own)
+
+
+def enter_time_namespace(monotonic: float, boottime: float) -> None:
+    """Children forked after this see CLOCK_MONOTONIC/BOOTTIME shifted by the offsets."""
+    try:
+        sc.unshare(sc.CLONE_NEWTIME)
+    except OSError as e:
+        raise SetupError("unshare", "time namespace", e.errno, str(e),
+                         "time namespaces need Linux >= 5.6 with CONFIG_TIME_NS") from None
+    lines = []
+    for clock, offset in (("monotonic", monotonic), ("boottime", boottime)):
+        sec = int(offset // 1)
+        nsec = round((offset - sec) * 1e9)
+        lines.append(f"{clock} {sec} {nsec}\n")
+    try:
+        with open("/proc/self/timens_offsets", "w") as f:
+            f.write("".join(lines))
+    except OSError as e:
+        raise SetupError("write time offsets", "/proc/self/timens_offsets", e.errno,
+                         str(e)) from None
+
+
+def set_hostname(name: str) -> None:
+    try:
+        sc.sethostname(name)
+    except OSError as e:
+        raise SetupError("sethostname", name, e.errno, str(e)) from None
+
+
+def bring_up_loopback() -> None:
+    """ioctl instead of netlink: no import of pyroute2 on the hot path."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            ifreq = struct.pack("16sH14x", b"lo", 0)
+            flags = struct.unpack("16sH14x", fcntl.ioctl(s, _SIOCGIFFLAGS, ifreq))[1]
+            fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+    except OSError as e:
+        raise SetupError("link up", "lo", e.errno, str(e)) from None

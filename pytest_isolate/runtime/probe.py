@@ -1,0 +1,195 @@
+"""What this host supports, each answer with the evidence and the fix. Probed once per process.
+
+Rule: probes that need the kernel run in forked children so that nothing in this process
+changes; results are cached.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import syscalls as sc
+from .cgroups import detect_mode, writable_controllers
+from .errors import SetupError
+from .namespaces import enter_user_namespace
+
+_NS = (("user", sc.CLONE_NEWUSER), ("mount", sc.CLONE_NEWNS), ("pid", sc.CLONE_NEWPID),
+       ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC), ("net", sc.CLONE_NEWNET),
+       ("cgroup", sc.CLONE_NEWCGROUP), ("time", sc.CLONE_NEWTIME))
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _in_child(body: Callable[[], None]) -> int:
+    """Run body in a forked child; 0 on success, else the errno it failed with."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            body()
+        except (OSError, SetupError) as e:
+            code = e.errno or 1
+        except BaseException:
+            code = 255
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _enter_userns_if_needed() -> None:
+    if os.geteuid() != 0:
+        enter_user_namespace(os.geteuid(), os.getegid())
+
+
+def _err(code: int) -> str:
+    return "ok" if code == 0 else f"failed: {os.strerror(code) if code < 255 else 'error'}"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def probe_namespaces() -> list[Feature]:
+    out = []
+    for name, flag in _NS:
+        def body(flag: int = flag) -> None:
+            if flag != sc.CLONE_NEWUSER:
+                _enter_userns_if_needed()
+            sc.unshare(flag)
+        code = _in_child(body)
+        fix = "" if code == 0 else (
+            "allow unprivileged user namespaces (sysctl user.max_user_namespaces=15000, "
+            "kernel.unprivileged_userns_clone=1, on Ubuntu "
+            "kernel.apparmor_restrict_unprivileged_userns=0) or run as root"
+            if name == "user" or os.geteuid() != 0 else
+            f"a kernel built with the {name} namespace (CONFIG_{name.upper()}_NS)")
+        out.append(Feature(f"{name} namespace", code == 0, _err(code), fix))
+    return out
+
+
+def _overlay_body(userns: bool) -> Callable[[], None]:
+    def body() -> None:
+        if userns:
+            enter_user_namespace(os.geteuid(), os.getegid())
+        sc.unshare(sc.CLONE_NEWNS)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        sc.mount("pti-probe", "/dev/shm", "tmpfs", 0)
+        for d in ("u", "w", "m"):
+            os.mkdir(f"/dev/shm/{d}")
+        opts = "lowerdir=/usr,upperdir=/dev/shm/u,workdir=/dev/shm/w"
+        sc.mount("pti-probe", "/dev/shm/m", "overlay", 0, opts + (",userxattr" if userns else ""))
+    return body
+
+
+def probe_filesystems() -> list[Feature]:
+    out = []
+    if os.geteuid() == 0:
+        code = _in_child(_overlay_body(False))
+        out.append(Feature("overlayfs as root", code == 0, _err(code),
+                           "" if code == 0 else "modprobe overlay"))
+    code = _in_child(_overlay_body(True))
+    out.append(Feature("overlayfs in a user namespace", code == 0, _err(code),
+                       "" if code == 0 else "Linux >= 5.11 mounts overlayfs in user namespaces"))
+
+    def pivot() -> None:
+        _enter_userns_if_needed()
+        sc.unshare(sc.CLONE_NEWNS)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        sc.mount("pti-probe", "/dev/shm", "tmpfs", 0)
+        os.chdir("/dev/shm")
+        sc.pivot_root(".", ".")
+        sc.umount2(".", sc.MNT_DETACH)
+    code = _in_child(pivot)
+    out.append(Feature("pivot_root", code == 0, _err(code), ""))
+    return out
+
+
+def probe_userns_sysctls() -> list[Feature]:
+    out = []
+    mx = _read("/proc/sys/user/max_user_namespaces")
+    out.append(Feature("user.max_user_namespaces", mx not in (None, "0"), str(mx),
+                       "sysctl -w user.max_user_namespaces=15000" if mx == "0" else ""))
+    clone = _read("/proc/sys/kernel/unprivileged_userns_clone")
+    if clone is not None:
+        out.append(Feature("kernel.unprivileged_userns_clone", clone == "1", clone,
+                           "sysctl -w kernel.unprivileged_userns_clone=1" if clone != "1" else ""))
+    aa = _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+    if aa is not None:
+        out.append(Feature("AppArmor userns restriction", aa == "0",
+                           "restricted" if aa != "0" else "not restricted",
+                           "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or an "
+                           "AppArmor profile granting userns to this Python" if aa != "0" else ""))
+    return out
+
+
+def probe_cgroups() -> list[Feature]:
+    with open("/proc/self/mountinfo") as f:
+        mode = detect_mode(f.read())
+    out = [Feature("cgroup mode", mode != "none", mode,
+                   "" if mode != "none" else "mount cgroup2 on /sys/fs/cgroup")]
+    writable = writable_controllers()
+    for ctl in ("cpu", "memory", "pids"):
+        ok = ctl in writable
+        out.append(Feature(f"cgroup controller {ctl}", ok, "writable" if ok else "not writable",
+                           "" if ok else "run as root, or in a delegated cgroup v2 subtree "
+                           "(systemd-run --user --scope -p Delegate=yes ...)"))
+    return out
+
+
+def probe_misc() -> list[Feature]:
+    out = []
+    seccomp = _read("/proc/sys/kernel/seccomp/actions_avail")
+    out.append(Feature("seccomp", seccomp is not None, "filter available" if seccomp else
+                       "missing", "" if seccomp else "a kernel with CONFIG_SECCOMP_FILTER"))
+    netem = netem_available()
+    out.append(Feature("sch_netem (delay/loss)", netem, "available" if netem else
+                       "missing from this kernel",
+                       "" if netem else "modprobe sch_netem, or a kernel with "
+                       "CONFIG_NET_SCH_NETEM (impairment tests run in the UML lane)"))
+    return out
+
+
+def netem_available() -> bool:
+    if os.path.exists("/sys/module/sch_netem"):
+        return True
+    release = platform.release()
+    for name in ("modules.dep", "modules.builtin"):
+        text = _read(f"/lib/modules/{release}/{name}")
+        if text and "sch_netem.ko" in text:
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def check() -> tuple[Feature, ...]:
+    """Every probe, for `python -m pytest_isolate check`."""
+    head = [Feature("running as", True, "root" if os.geteuid() == 0 else
+                    f"uid {os.geteuid()} (rootless: user namespaces)")]
+    return tuple(head + probe_namespaces() + probe_filesystems() + probe_userns_sysctls()
+                 + probe_cgroups() + probe_misc())
+
+
+@functools.lru_cache(maxsize=1)
+def summary_line() -> str:
+    """One cheap line for the pytest header (no forks)."""
+    who = "root" if os.geteuid() == 0 else "rootless"
+    with open("/proc/self/mountinfo") as f:
+        mode = detect_mode(f.read())
+    caps = ",".join(sorted(writable_controllers())) or "none"
+    mx = _read("/proc/sys/user/max_user_namespaces")
+    userns = "userns ok" if mx not in (None, "0") else "userns disabled"
+    return f"{who}, cgroup {mode} (writable: {caps}), {userns}"

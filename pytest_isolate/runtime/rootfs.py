@@ -1,0 +1,411 @@
+"""Root filesystem steps: plan the copy-on-write view of the host, build it, pivot into it.
+
+Rule: `plan_host_tree` is pure (mountinfo text and a listing in, layers out) and runs in the
+parent, once per mount table; the `mount_*` steps run inside the container's mount namespace.
+
+Why a per-directory overlay tree: an overlay with lowerdir=/ hides every submount (a bind-mounted
+venv, a tmpfs a test mounted) and is refused in a user namespace. So each top-level directory
+gets its own overlay and every visible host submount gets one stacked at its place. Writes land
+in upper layers on a tmpfs that dies with the mount namespace, so nothing reaches the host.
+
+The scratch tmpfs is mounted over /dev/shm inside the container's private mount namespace: a
+directory every Linux host has, whose host content the container never needs (it gets its own
+/dev). So no per-container directory is ever created on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from . import syscalls as sc
+from .errors import SetupError, hint_for
+
+SCRATCH = "/dev/shm"
+SPECIAL_TOP = ("proc", "sys", "dev")  # rebuilt fresh, never taken from the host
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+             ("ptmx", "pts/ptmx"))
+# runc's defaults: hidden entirely, or visible read-only.
+MASKED_PATHS = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap")
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+_PROC_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+# statvfs f_flag bits that a read-only remount must carry over (locked in a user namespace).
+_ST_TO_MS = ((os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV),
+             (os.ST_NOEXEC, sc.MS_NOEXEC), (os.ST_NOATIME, sc.MS_NOATIME),
+             (os.ST_NODIRATIME, sc.MS_NODIRATIME), (os.ST_RELATIME, sc.MS_RELATIME))
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    mount_id: int
+    parent_id: int
+    mountpoint: str
+    fstype: str
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One step of the host tree: kind is overlay, file, symlink or dir; target is in-container."""
+
+    kind: str
+    target: str
+    source: str = ""
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class MountEntry(MountInfo):
+    """A mountinfo line with the fields cgroup detection needs too."""
+
+    root: str = "/"
+    super_options: str = ""
+
+
+def parse_mountinfo_full(text: str) -> list[MountEntry]:
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        left, _, right = line.partition(" - ")
+        f, r = left.split(), right.split()
+        out.append(MountEntry(int(f[0]), int(f[1]), _unescape(f[4]), r[0], _unescape(f[3]),
+                              r[2] if len(r) > 2 else ""))
+    return out
+
+
+def parse_mountinfo(text: str) -> list[MountInfo]:
+    mounts = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        left, _, right = line.partition(" - ")
+        f = left.split()
+        mounts.append(MountInfo(int(f[0]), int(f[1]), _unescape(f[4]), right.split()[0]))
+    return mounts
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def visible_mounts(mounts: list[MountInfo]) -> list[MountInfo]:
+    """Drop mounts hidden by a later mount on the same path or on an ancestor path."""
+    by_id = {m.mount_id: m for m in mounts}
+
+    def descends_from(m: MountInfo, ancestor_id: int) -> bool:
+        seen = set()
+        while m.parent_id in by_id and m.mount_id not in seen:
+            seen.add(m.mount_id)
+            if m.parent_id == ancestor_id:
+                return True
+            m = by_id[m.parent_id]
+        return False
+
+    visible, hidden_ids = [], set()
+    for i, m in enumerate(mounts):
+        hidden = m.parent_id in hidden_ids or any(
+            _under(m.mountpoint, later.mountpoint) and not descends_from(m, later.mount_id)
+            for later in mounts[i + 1:])
+        if hidden:
+            hidden_ids.add(m.mount_id)
+        else:
+            visible.append(m)
+    return visible
+
+
+class HostFS:
+    """What the planner needs to know of the host's files; tests pass a fake."""
+
+    def entries(self, path: str) -> list[tuple[str, str, str]]:
+        """(name, kind, link target) for each entry; kind is dir, symlink, file or other."""
+        out = []
+        try:
+            it = os.scandir(path)
+        except OSError:
+            return out
+        with it:
+            for e in it:
+                if e.is_symlink():
+                    out.append((e.name, "symlink", os.readlink(e.path)))
+                elif e.is_dir():
+                    out.append((e.name, "dir", ""))
+                elif e.is_file():
+                    out.append((e.name, "file", ""))
+                else:
+                    out.append((e.name, "other", ""))
+        return sorted(out)
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def mode(self, path: str) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def plan_host_tree(mountinfo_text: str, fs: HostFS, split: bool) -> tuple[Layer, ...]:
+    """Layers that rebuild the host's visible tree under a new root.
+
+    split=False (root): one overlay per top-level directory, then one overlay stacked on each
+    visible submount. split=True (user namespace): overlayfs refuses a lower layer with locked
+    mounts below it, so a directory with mounts below is recreated and its entries planned one
+    by one, down to the mounts themselves.
+    """
+    mountpoints = [m.mountpoint for m in visible_mounts(parse_mountinfo(mountinfo_text))
+                   if m.mountpoint != "/"
+                   and not any(_under(m.mountpoint, "/" + s) for s in SPECIAL_TOP)]
+    layers: list[Layer] = []
+
+    def has_mount_below(path: str) -> bool:
+        prefix = path.rstrip("/") + "/"
+        return any(mp.startswith(prefix) for mp in mountpoints)
+
+    def plan_entry(path: str, kind: str, link: str) -> None:
+        if kind == "symlink":
+            layers.append(Layer("symlink", path, link))
+        elif kind == "file":
+            layers.append(Layer("file", path, path))
+        elif kind == "dir":
+            if split and has_mount_below(path):
+                layers.append(Layer("dir", path, oct(fs.mode(path))))
+                for name, k, ln in fs.entries(path):
+                    plan_entry(f"{path}/{name}", k, ln)
+            else:
+                layers.append(Layer("overlay", path, path))
+
+    for name, kind, link in fs.entries("/"):
+        if name in SPECIAL_TOP:
+            layers.append(Layer("dir", "/" + name, "0o555"))
+        else:
+            plan_entry("/" + name, kind, link)
+    if not split:
+        covered = [lay.target for lay in layers if lay.kind == "overlay"]
+        for mp in mountpoints:
+            if mp not in covered and any(_under(mp, top) for top in covered):
+                layers.append(Layer("overlay" if fs.is_dir(mp) else "file", mp, mp))
+    return tuple(layers)
+
+
+_plan_cache: dict[str, tuple[Layer, ...]] = {}
+
+
+def host_plan(split: bool) -> tuple[Layer, ...]:
+    """The host tree plan, recomputed only when the mount table or "/" listing changed."""
+    with open("/proc/self/mountinfo") as f:
+        text = f.read()
+    fs = HostFS()
+    key = f"{split}\n{text}{fs.entries('/')!r}"
+    plan = _plan_cache.get(key)
+    if plan is None:
+        _plan_cache.clear()
+        plan = plan_host_tree(text, fs, split)
+        _plan_cache[key] = plan
+    return plan
+
+
+# --- steps run inside the container's mount namespace ------------------------------------
+
+def _mount(step: str, source: str | None, target: str, fstype: str | None, flags: int = 0,
+           data: str | None = None) -> None:
+    try:
+        sc.mount(source, target, fstype, flags, data)
+    except OSError as e:
+        raise SetupError(step, target, e.errno, str(e), hint_for(step, e.errno)) from None
+
+
+def _escape_layer(path: str) -> str:
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+
+
+def remount_readonly(target: str, extra: int = 0) -> None:
+    """Read-only bind remount, keeping the flags a user namespace would lock."""
+    flags = sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | extra
+    try:
+        st = os.statvfs(target).f_flag
+        for st_bit, ms_bit in _ST_TO_MS:
+            if st & st_bit:
+                flags |= ms_bit
+    except OSError:
+        pass
+    _mount("remount read-only", None, target, None, flags)
+
+
+def prepare_scratch() -> str:
+    """Make every mount private, then put a tmpfs for the new root and upper layers on SCRATCH."""
+    _mount("make mounts private", None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    _mount("mount scratch tmpfs", "pti-scratch", SCRATCH, "tmpfs", sc.MS_NOSUID, "mode=755")
+    for d in ("root", "u", "w"):
+        os.mkdir(f"{SCRATCH}/{d}")
+    return f"{SCRATCH}/root"
+
+
+def _overlay(target: str, lower: str, index: int, userns: bool) -> None:
+    upper, work = f"{SCRATCH}/u/{index}", f"{SCRATCH}/w/{index}"
+    os.mkdir(upper)
+    os.mkdir(work)
+    data = f"lowerdir={_escape_layer(lower)},upperdir={upper},workdir={work}"
+    if userns:
+        data += ",userxattr"
+    _mount("mount overlay", "pti-overlay", target, "overlay", 0, data)
+
+
+SMALL_FILE = 64 * 1024  # files up to this size are copied (writable); larger ones bound ro
+
+
+def _place_file(source: str, target: str, exists: bool) -> None:
+    """Copy-on-write by hand for files overlayfs cannot cover (file mounts, files in split
+    directories): small ones are copied into the writable tree, large ones bound read-only."""
+    try:
+        st = os.stat(source)
+    except OSError:
+        return
+    if st.st_size <= SMALL_FILE:
+        try:
+            with open(source, "rb") as src:
+                data = src.read()
+        except OSError:  # unreadable for this user: leave it out, as the host hides it too
+            return
+        fd = os.open(target, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, stat.S_IMODE(st.st_mode))
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return
+    if not exists:
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+    _mount("bind file", source, target, None, sc.MS_BIND)
+    remount_readonly(target)
+
+
+def mount_host_tree(root: str, plan: tuple[Layer, ...], userns: bool) -> list[str]:
+    """Build the host's tree under root. Returns the paths that fell back to read-only binds
+    because overlayfs refused their filesystem as a lower layer."""
+    _mount("bind new root", root, root, None, sc.MS_BIND)
+    fallbacks = []
+    made: set[str] = {"/"}  # directories this function created (their entries are new too)
+    for i, layer in enumerate(plan):
+        target = root + layer.target
+        parent = layer.target.rsplit("/", 1)[0] or "/"
+        fresh = parent in made  # the target does not exist yet: create it
+        if layer.kind == "dir":
+            os.mkdir(target, int(layer.source, 8))
+            os.chmod(target, int(layer.source, 8))  # umask must not narrow e.g. /tmp's 1777
+            made.add(layer.target)
+        elif layer.kind == "symlink":
+            os.symlink(layer.source, target)
+        elif layer.kind == "file":
+            _place_file(layer.source, target, exists=not fresh)
+        elif layer.kind == "overlay":
+            if fresh:
+                os.mkdir(target)
+            try:
+                _overlay(target, layer.source, i, userns)
+            except SetupError:
+                # e.g. a FUSE or NFS lower: still visible, but read-only rather than writable.
+                _mount("bind read-only", layer.source, target, None, sc.MS_BIND | sc.MS_REC)
+                remount_readonly(target)
+                fallbacks.append(layer.target)
+    return fallbacks
+
+
+def mount_image_root(root: str, rootfs: str, userns: bool) -> None:
+    _overlay(root, rootfs, 0, userns)
+    for d in (*SPECIAL_TOP, "tmp"):
+        os.makedirs(f"{root}/{d}", exist_ok=True)
+
+
+def mount_tmp(root: str) -> None:
+    _mount("mount tmpfs", "tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
+           "mode=1777")
+
+
+def mount_proc(root: str) -> None:
+    target = f"{root}/proc"
+    _mount("mount proc", "proc", target, "proc", _PROC_FLAGS)
+    for path in MASKED_PATHS:
+        if not path.startswith("/proc/"):
+            continue
+        _mask(root + path)
+    for path in READONLY_PATHS:
+        p = root + path
+        if os.path.exists(p):
+            _mount("bind read-only", p, p, None, sc.MS_BIND | sc.MS_REC)
+            remount_readonly(p, _PROC_FLAGS)
+
+
+def _mask(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        _mount("mask path", "tmpfs", path, "tmpfs", sc.MS_RDONLY | _PROC_FLAGS, "size=0")
+    else:
+        _mount("mask path", "/dev/null", path, None, sc.MS_BIND)
+
+
+def mount_sys(root: str) -> None:
+    target = f"{root}/sys"
+    try:
+        sc.mount("sysfs", target, "sysfs", sc.MS_RDONLY | _PROC_FLAGS)
+    except OSError:
+        # A user namespace that does not own the network namespace (network="host") may not
+        # mount sysfs: show the host's, read-only.
+        _mount("bind /sys", "/sys", target, None, sc.MS_BIND | sc.MS_REC)
+        remount_readonly(target)
+    for path in MASKED_PATHS:
+        if path.startswith("/sys/"):
+            _mask(root + path)
+
+
+def mount_dev(root: str, userns: bool) -> None:
+    dev = f"{root}/dev"
+    _mount("mount /dev", "tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=755,size=64k")
+    for name in DEVICES:
+        target = f"{dev}/{name}"
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o666))
+        _mount("bind device", f"/dev/{name}", target, None, sc.MS_BIND)
+    for name, link in DEV_LINKS:
+        os.symlink(link, f"{dev}/{name}")
+    for d in ("pts", "shm", "mqueue"):
+        os.mkdir(f"{dev}/{d}")
+    pts_opts = "newinstance,ptmxmode=0666,mode=620" + ("" if userns else ",gid=5")
+    _mount("mount devpts", "devpts", f"{dev}/pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, pts_opts)
+    _mount("mount /dev/shm", "shm", f"{dev}/shm", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
+           "mode=1777")
+    _mount("mount /dev/mqueue", "mqueue", f"{dev}/mqueue", "mqueue",
+           sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+
+
+def pivot_into(root: str) -> None:
+    """pivot_root(".", "."): the old root ends up stacked on the new one and is detached at once,
+    so no put_old directory is needed and nothing of the host tree stays reachable."""
+    os.chdir(root)
+    try:
+        sc.pivot_root(".", ".")
+    except OSError as e:
+        raise SetupError("pivot_root", root, e.errno, str(e)) from None
+    try:
+        sc.umount2(".", sc.MNT_DETACH)
+    except OSError as e:
+        raise SetupError("detach old root", root, e.errno, str(e)) from None
+    os.chdir("/")

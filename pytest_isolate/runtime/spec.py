@@ -1,0 +1,204 @@
+"""What a container should be: frozen values, checked by `validate` before the kernel is touched.
+
+Rule: this module is pure. `validate` runs a list of small checks; each one raises `SpecError`
+naming the field, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .errors import SpecError
+
+NETWORK_MODES = ("none", "host")
+HOSTNAME_MAX = 64  # HOST_NAME_MAX on Linux
+MEMORY_FLOOR = 4 * 1024 * 1024  # below this even pid 1 (a Python process) cannot start
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: int | str) -> int:
+    """`"64M"` -> 67108864; ints pass through. Units are powers of 1024 (K, M, G, T)."""
+    if isinstance(value, bool):
+        raise ValueError("a bool is not a size")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"not a size: {value!r}")
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise ValueError(f"not a size: {value!r}")
+    number, unit = m.groups()
+    return int(float(number) * _SIZE_UNITS[unit.upper()])
+
+
+def format_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("G", "M", "K"):
+        size = _SIZE_UNITS[unit]
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n}B"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Caps enforced through cgroups. None means no cap."""
+
+    cpu: float | None = None  # CPUs, e.g. 0.3 = 30% of one CPU; above 1 allowed
+    memory: int | str | None = None  # bytes or "64M"; swap is capped too
+    pids: int | None = None
+    timeout: float | None = None  # seconds of wall time; then every process is killed
+
+    @property
+    def any_cgroup_cap(self) -> bool:
+        return self.cpu is not None or self.memory is not None or self.pids is not None
+
+
+@dataclass(frozen=True)
+class TimeOffsets:
+    """Offsets in seconds for a time namespace (CLOCK_MONOTONIC and CLOCK_BOOTTIME)."""
+
+    monotonic: float = 0.0
+    boottime: float = 0.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One container. Defaults give a hermetic copy-on-write view of the host root."""
+
+    hostname: str = "isolated"
+    network: str = "none"  # "none": only lo; "host": the host's network namespace
+    rootfs: str | None = None  # None: copy-on-write view of the host root; else a directory
+    env: Mapping[str, str] = field(default_factory=dict)  # added to the inherited environment
+    workdir: str | None = None  # None: the caller's cwd (host root) or "/" (rootfs)
+    resources: Resources = field(default_factory=Resources)
+    userns: bool | None = None  # None: a user namespace exactly when not root
+    time_offsets: TimeOffsets | None = None  # a time namespace with these offsets
+
+    def with_(self, **changes: Any) -> Spec:
+        return replace(self, **changes)
+
+    def wants_userns(self) -> bool:
+        return self.userns if self.userns is not None else os.geteuid() != 0
+
+
+# --- checks: each takes the spec and returns the normalised field value or raises ----------
+
+def _check_hostname(spec: Spec) -> dict:
+    h = spec.hostname
+    if not isinstance(h, str) or not h:
+        raise SpecError("hostname", h, "a non-empty string")
+    if len(h.encode()) > HOSTNAME_MAX:
+        raise SpecError("hostname", h, f"at most {HOSTNAME_MAX} bytes (got {len(h.encode())})")
+    if "\0" in h or "/" in h:
+        raise SpecError("hostname", h, "no NUL or '/' characters")
+    return {}
+
+
+def _check_network(spec: Spec) -> dict:
+    if spec.network not in NETWORK_MODES:
+        raise SpecError("network", spec.network, f"one of {', '.join(NETWORK_MODES)}")
+    return {}
+
+
+def _check_rootfs(spec: Spec) -> dict:
+    r = spec.rootfs
+    if r is None:
+        return {}
+    if not isinstance(r, (str, os.PathLike)):
+        raise SpecError("rootfs", r, "a path to a directory holding a root filesystem")
+    path = os.path.abspath(os.fspath(r))
+    if not os.path.isdir(path):
+        raise SpecError("rootfs", r, "an existing directory holding a root filesystem")
+    return {"rootfs": path}
+
+
+def _check_env(spec: Spec) -> dict:
+    if not isinstance(spec.env, Mapping):
+        raise SpecError("env", spec.env, "a mapping of str to str")
+    for k, v in spec.env.items():
+        if not isinstance(k, str) or not k or "=" in k or "\0" in k:
+            raise SpecError("env", k, "variable names: non-empty str without '=' or NUL")
+        if not isinstance(v, str) or "\0" in v:
+            raise SpecError(f"env[{k!r}]", v, "a str without NUL")
+    return {"env": dict(spec.env)}
+
+
+def _check_workdir(spec: Spec) -> dict:
+    w = spec.workdir
+    if w is not None and (not isinstance(w, str) or not w.startswith("/")):
+        raise SpecError("workdir", w, "an absolute path inside the container")
+    return {}
+
+
+def _positive_number(name: str, value: object, what: str) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise SpecError(name, value, what)
+    return float(value)
+
+
+def _check_resources(spec: Spec) -> dict:
+    r = spec.resources
+    if not isinstance(r, Resources):
+        raise SpecError("resources", r, "a Resources value")
+    changes: dict[str, Any] = {}
+    if r.cpu is not None:
+        changes["cpu"] = _positive_number("cpu", r.cpu, "a number of CPUs > 0, e.g. 0.5")
+        if changes["cpu"] < 0.01:
+            raise SpecError("cpu", r.cpu, "at least 0.01 CPUs (the kernel's 1 ms quota floor)")
+    if r.memory is not None:
+        try:
+            mem = parse_size(r.memory)
+        except ValueError:
+            raise SpecError("memory", r.memory,
+                            "bytes or a size like 64M or 1.5G") from None
+        if mem < MEMORY_FLOOR:
+            raise SpecError("memory", r.memory,
+                            f"at least {format_size(MEMORY_FLOOR)} ({MEMORY_FLOOR} bytes): "
+                            "below that the container's own init cannot start")
+        changes["memory"] = mem
+    if r.pids is not None and (
+            not isinstance(r.pids, int) or isinstance(r.pids, bool) or r.pids < 2):
+        raise SpecError("pids", r.pids, "a whole number >= 2 (init and the workload)")
+    if r.timeout is not None:
+        changes["timeout"] = _positive_number("timeout", r.timeout, "seconds > 0")
+    return {"resources": replace(r, **changes)} if changes else {}
+
+
+def _check_time_offsets(spec: Spec) -> dict:
+    t = spec.time_offsets
+    if t is None:
+        return {}
+    if not isinstance(t, TimeOffsets):
+        raise SpecError("time_offsets", t, "a TimeOffsets value")
+    for name in ("monotonic", "boottime"):
+        v = getattr(t, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise SpecError(f"time_offsets.{name}", v, "a finite number of seconds")
+    return {}
+
+
+CHECKS: tuple[Callable[[Spec], dict], ...] = (
+    _check_hostname, _check_network, _check_rootfs, _check_env, _check_workdir,
+    _check_resources, _check_time_offsets,
+)
+
+
+def validate(spec: Spec) -> Spec:
+    """Run every check; return the spec with values normalised (sizes in bytes, absolute paths)."""
+    if not isinstance(spec, Spec):
+        raise SpecError("spec", spec, "a pytest_isolate.runtime.Spec")
+    changes: dict[str, Any] = {}
+    for check in CHECKS:
+        changes.update(check(spec))
+    return replace(spec, **changes) if changes else spec

@@ -1,0 +1,101 @@
+"""Leaving nothing behind: the `pti` prefix, owner locks, and removal of dead runs' leftovers.
+
+Rule: every host resource the project creates is named `pti-<owner pid>-...` (or `pti<hex>`
+where names are short) and its owner holds an flock on `<state dir>/<pid>.lock` for as long as
+it lives. A lock that can be taken belongs to a dead run: `cleanup_stale` removes what that run
+left and each new run calls it once. Containers themselves leave nothing on the host: their
+mounts live and die in their own mount namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable
+
+PREFIX = "pti"
+
+_lock_fd: int | None = None
+_lock_pid: int | None = None
+# Functions that remove what a dead owner left: each takes the owner's pid, returns what it removed.
+_cleaners: list[Callable[[int], list[str]]] = []
+
+
+def state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/run/pytest-isolate"
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.access(base, os.W_OK):
+        return os.path.join(base, "pytest-isolate")
+    return f"/tmp/pytest-isolate-{os.geteuid()}"
+
+
+def register_cleaner(fn: Callable[[int], list[str]]) -> None:
+    if fn not in _cleaners:
+        _cleaners.append(fn)
+
+
+def ensure_owner_lock() -> str:
+    """Take this process's owner lock (once per process; again after a fork)."""
+    global _lock_fd, _lock_pid
+    if _lock_fd is not None and _lock_pid == os.getpid():
+        return os.path.join(state_dir(), f"{_lock_pid}.lock")
+    d = state_dir()
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    first = _lock_pid is None
+    path = os.path.join(d, f"{os.getpid()}.lock")
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _lock_fd, _lock_pid = fd, os.getpid()
+    if first:
+        cleanup_stale()
+    return path
+
+
+def owner_alive(pid: int) -> bool:
+    """True when pid's lock is held (or pid runs without a lock file we can see)."""
+    path = os.path.join(state_dir(), f"{pid}.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _pid_exists(pid)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale() -> list[str]:
+    """Remove leftovers of every dead owner; returns what was removed."""
+    removed: list[str] = []
+    d = state_dir()
+    owners: set[int] = set()
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(d):
+            if name.endswith(".lock") and name[:-5].isdigit():
+                owners.add(int(name[:-5]))
+    from .cgroups import stale_owner_pids
+
+    owners |= stale_owner_pids()
+    for pid in sorted(owners):
+        if pid == os.getpid() or owner_alive(pid):
+            continue
+        for clean in _cleaners:
+            removed += clean(pid)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(d, f"{pid}.lock"))
+    return removed

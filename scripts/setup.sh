@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine for pytest-isolate: system packages, the project with its
+# test extras, and an interpreter that user `nobody` can run for the rootless lane.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+if command -v apt-get >/dev/null; then
+  $SUDO apt-get update -qq
+  # util-linux: setpriv/unshare; bubblewrap: the benchmark baseline; busybox-static: test images;
+  # user-mode-linux: the cgroup v2 lane; python3-venv: the rootless interpreter.
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    util-linux bubblewrap busybox-static user-mode-linux python3-venv iproute2 >/dev/null
+fi
+
+python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# pyenv's Python lives under /root (mode 700): `nobody` needs one it can read.
+if [ "$(id -u)" = 0 ]; then
+  venv=/opt/pytest-isolate/rootless-venv
+  if [ ! -x "$venv/bin/python" ]; then
+    /usr/bin/python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+    'pytest>=8.4' pluggy pyroute2 filelock
+  chmod -R a+rX /opt/pytest-isolate
+fi
+echo "setup done: $(python -m pytest_isolate check | tail -1)"

@@ -1,0 +1,34 @@
+import os
+
+import pytest
+
+from tests.conftest import can_contain, require
+
+
+@pytest.fixture(autouse=True)
+def _needs_containers():
+    ok, reason = can_contain()
+    require(ok, reason)
+
+
+@pytest.fixture
+def no_leftovers():
+    """Asserts that a test leaves no child process, open fd or host mount behind."""
+    def snapshot():
+        with open("/proc/self/mountinfo") as f:
+            mounts = f.read()
+        return mounts, sorted(os.listdir("/proc/self/fd"))
+    before = snapshot()
+    yield
+    try:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+        assert pid == 0, f"an unreaped child {pid} is left"
+        pytest.fail("a child process is still running")
+    except ChildProcessError:
+        pass
+    after = snapshot()
+    assert after[0] == before[0], "the host mount table changed"
+    assert after[1] == before[1], "file descriptors leaked"
+
+
+ROOT = os.geteuid() == 0

@@ -1,0 +1,307 @@
+"""The container as its workload sees it: real namespaces, mounts and processes.
+
+Each test runs as root and again as `nobody` (tests/integration/test_rootless_lane.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import uuid
+
+import pytest
+
+from pytest_isolate.runtime import SetupError, Spec, run, run_command, start
+from tests.conftest import require
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+SPEC = Spec(hostname="box")
+
+
+def test_proc_shows_only_the_containers_processes():
+    r = run(SPEC, lambda: sorted(int(p) for p in os.listdir("/proc") if p.isdigit()))
+    assert r.value == [1, 2]
+
+
+def test_the_workload_is_pid_2_and_a_child_of_pid_1():
+    def ids():
+        with open("/proc/1/cmdline", "rb") as f:
+            init = f.read()
+        return os.getpid(), os.getppid(), bool(init)
+    assert run(SPEC, ids).value == [2, 1, True]
+
+
+def test_hostname_is_set():
+    assert run(SPEC, lambda: socket.gethostname()).value == "box"
+
+
+def test_only_loopback_exists_and_is_up():
+    def links():
+        with open("/sys/class/net/lo/operstate") as f:
+            state = f.read().strip()
+        return sorted(os.listdir("/sys/class/net")), state
+    names, state = run(SPEC, links).value
+    assert names == ["lo"]
+    assert state in ("unknown", "up")
+
+
+def test_loopback_carries_tcp_inside():
+    def echo():
+        srv = socket.create_server(("127.0.0.1", 0))
+        c = socket.create_connection(srv.getsockname())
+        s, _ = srv.accept()
+        c.sendall(b"ping")
+        return s.recv(4).decode()
+    assert run(SPEC, echo).value == "ping"
+
+
+def _write_everywhere(tag: str) -> dict:
+    out = {}
+    for d in ("/etc", "/usr", "/root", "/tmp"):
+        path = f"{d}/pti-{tag}"
+        try:
+            with open(path, "w") as f:
+                f.write("inside")
+            out[d] = os.path.exists(path)
+        except PermissionError:
+            out[d] = "EACCES"
+    return out
+
+
+def test_writes_to_etc_usr_root_and_tmp_never_reach_the_host():
+    tag = uuid.uuid4().hex
+    wrote = run(SPEC, _write_everywhere, tag).unwrap()
+    for d in ("/etc", "/usr", "/root", "/tmp"):
+        assert not os.path.exists(f"{d}/pti-{tag}"), f"{d} write reached the host"
+    assert wrote["/tmp"] is True  # world-writable: works rootless too
+    if os.geteuid() == 0:
+        assert wrote == {"/etc": True, "/usr": True, "/root": True, "/tmp": True}
+    else:  # host root's files belong to an unmapped uid: kernels differ on whether the
+        # overlay lets the namespace's root write there; either way the host must stay untouched
+        assert set(wrote.values()) <= {True, "EACCES"}
+
+
+def test_overwriting_a_host_file_changes_only_the_containers_copy(tmp_path):
+    host_file = tmp_path / "data.txt"
+    host_file.write_text("host")
+    os.chmod(tmp_path, 0o777)
+    os.chmod(host_file, 0o666)
+
+    def overwrite(path):
+        with open(path, "w") as f:
+            f.write("container")
+        with open(path) as f:
+            return f.read()
+    assert run(SPEC, overwrite, str(host_file)).value == "container"
+    assert host_file.read_text() == "host"
+
+
+def test_chroot_breakout_stays_in_the_container_root():
+    def breakout():
+        with open("/pti-inside-marker", "w") as f:
+            f.write("x")
+        before = os.stat("/")
+        os.mkdir("/jail")
+        fd = os.open("/", os.O_RDONLY)
+        os.chroot("/jail")
+        os.fchdir(fd)  # cwd outside the chroot: the classic escape
+        for _ in range(64):
+            os.chdir("..")
+        os.chroot(".")
+        after = os.stat("/")
+        return (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino), \
+            os.path.exists("/pti-inside-marker")
+    same_root, marker = run(SPEC, breakout).unwrap()
+    assert same_root and marker
+    assert not os.path.exists("/pti-inside-marker")
+
+
+def test_a_host_pid_is_invisible():
+    def probe(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "ESRCH"
+        return "visible"
+    host_pid = os.getpid()
+    assert host_pid > 2
+    assert run(SPEC, probe, host_pid).value == "ESRCH"
+
+
+def test_a_tmpfs_mounted_on_the_host_before_start_is_visible_inside(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("rootless: mounting a tmpfs on the host needs root")
+    from pytest_isolate.runtime import syscalls as sc
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    sc.mount("pti-test", str(mnt), "tmpfs", 0)
+    try:
+        (mnt / "hello").write_text("from host tmpfs")
+
+        def look(path):
+            with open(f"{path}/hello") as f:
+                text = f.read()
+            with open(f"{path}/new", "w") as f:
+                f.write("x")
+            return text
+        assert run(SPEC, look, str(mnt)).value == "from host tmpfs"
+        assert not (mnt / "new").exists()
+    finally:
+        sc.umount2(str(mnt))
+
+
+def test_an_orphaned_grandchild_is_reaped():
+    def orphan_maker():
+        pid = os.fork()
+        if pid == 0:
+            if os.fork() == 0:
+                time.sleep(0.2)
+                os._exit(0)  # its parent is gone: only pid 1 can reap it
+            os._exit(0)
+        os.waitpid(pid, 0)
+        time.sleep(0.6)
+        zombies = []
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                with open(f"/proc/{p}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        zombies.append(int(p))
+        return zombies
+    assert run(SPEC, orphan_maker).value == []
+
+
+def test_sigterm_to_the_container_reaches_the_workload():
+    r, w = os.pipe()
+
+    def waits_for_term(wfd):
+        got = []
+        signal.signal(signal.SIGTERM, lambda *_: got.append(1))
+        os.write(wfd, b"r")
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "got SIGTERM" if got else "no signal"
+    proc = start(SPEC, waits_for_term, w)
+    os.close(w)
+    assert os.read(r, 1) == b"r"
+    os.close(r)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20).value == "got SIGTERM"
+
+
+def test_an_exception_comes_back_with_type_message_and_traceback():
+    def boom():
+        raise KeyError("missing-key")
+    r = run(SPEC, boom)
+    assert not r.ok and not r.returned
+    assert r.error.type == "KeyError"
+    assert "missing-key" in r.error.message
+    assert "in boom" in r.error.traceback
+    assert r.exit_status == 1
+
+
+def test_os_exit_comes_back_as_an_exit_status():
+    r = run(SPEC, os._exit, 3)
+    assert (r.returned, r.exit_status, r.signal) == (False, 3, None)
+    assert "exited with status 3" in r.describe()
+
+
+def test_sigsegv_comes_back_as_a_signal():
+    def segv():
+        import faulthandler
+
+        faulthandler.disable()  # pytest's handler would print a dump of the dying child
+        os.kill(os.getpid(), signal.SIGSEGV)
+    r = run(SPEC, segv)
+    assert r.signal == signal.SIGSEGV and r.exit_status is None
+    assert "SIGSEGV" in r.describe()
+
+
+def test_a_value_that_is_not_json_is_a_clear_error():
+    r = run(SPEC, lambda: object())
+    assert r.error.type == "TypeError" and "JSON" in r.error.message
+
+
+def test_env_and_workdir_apply():
+    r = run(Spec(env={"PTI_X": "1"}, workdir="/usr"),
+            lambda: (os.environ.get("PTI_X"), os.getcwd()))
+    assert r.value == ["1", "/usr"]
+
+
+def test_run_command_captures_output_exit_code_and_stdin():
+    r = run_command(SPEC, ["sh", "-c", "cat; echo err >&2; exit 4"], input=b"in")
+    assert (r.returncode, r.stdout, r.stderr) == (4, b"in", b"err\n")
+
+
+def test_run_command_output_larger_than_a_pipe_buffer():
+    r = run_command(SPEC, ["head", "-c", "1000000", "/dev/zero"])
+    assert len(r.stdout) == 1_000_000
+
+
+def test_a_missing_program_is_a_setup_error_naming_it():
+    with pytest.raises(SetupError, match="no-such-program") as info:
+        run_command(SPEC, ["no-such-program"])
+    assert info.value.step == "exec" and "PATH" in info.value.hint
+
+
+def test_run_command_timeout_kills_every_process():
+    marker = f"{time.time():.6f}"
+    t0 = time.monotonic()
+    r = run_command(SPEC, ["sh", "-c", f"sleep 1000{marker} & sleep 1000{marker}"],
+                    timeout=0.5)
+    assert r.timed_out and r.returncode == -signal.SIGKILL
+    assert time.monotonic() - t0 < 5
+    assert not _processes_with(marker)
+
+
+def test_network_host_shares_the_host_network():
+    names = run(Spec(network="host"), lambda: sorted(n for _, n in socket.if_nameindex())).value
+    assert names == sorted(n for _, n in socket.if_nameindex())
+
+
+def test_a_plain_directory_can_be_the_root(busybox_root):
+    r = run_command(Spec(rootfs=str(busybox_root)),
+                    ["/bin/busybox", "sh", "-c", "echo x > /new; ls /; cat /etc/motd; "
+                     "cat /proc/1/cmdline >/dev/null && echo proc-ok"])
+    assert r.returncode == 0, r.stderr
+    assert b"proc-ok" in r.stdout and b"hello from the image" in r.stdout
+    assert not (busybox_root / "new").exists()
+
+
+def test_a_time_namespace_shifts_the_monotonic_clock():
+    from pytest_isolate.runtime import TimeOffsets
+
+    require(os.path.exists("/proc/self/ns/time"), "this kernel has no time namespaces")
+    inside = run(Spec(time_offsets=TimeOffsets(monotonic=86400)), time.monotonic).value
+    assert inside - time.monotonic() > 86000
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(p))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture
+def busybox_root(tmp_path):
+    import shutil
+
+    bb = shutil.which("busybox") or "/bin/busybox"
+    require(os.path.exists(bb), "busybox is not installed (apt-get install busybox-static)")
+    root = tmp_path / "root"
+    for d in ("bin", "etc", "proc", "sys", "dev", "tmp"):
+        (root / d).mkdir(parents=True)
+    shutil.copy(bb, root / "bin" / "busybox")
+    (root / "bin" / "sh").symlink_to("busybox")
+    (root / "etc" / "motd").write_text("hello from the image\n")
+    os.chmod(tmp_path, 0o755)
+    return root

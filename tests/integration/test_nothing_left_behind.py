@@ -1,0 +1,98 @@
+"""After success, an exception, SIGKILL of the workload and SIGKILL of the parent, nothing of
+a container remains: no process, no mount, no file descriptor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from pytest_isolate.runtime import Resources, Spec, SpecError, run, run_command
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+
+def test_success_and_exception_leave_nothing():
+    assert run(Spec(), lambda: 1).value == 1
+    assert run(Spec(), lambda: 1 / 0).error.type == "ZeroDivisionError"
+
+
+def test_sigkill_of_the_workload_leaves_nothing():
+    r = run(Spec(), lambda: os.kill(os.getpid(), signal.SIGKILL))
+    assert r.signal == signal.SIGKILL
+
+
+def _wait_gone(marker: str, seconds: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while True:
+        left = [p for p in os.listdir("/proc") if p.isdigit() and _has(p, marker)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def _has(pid: str, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return marker.encode() in f.read()
+    except OSError:
+        return False
+
+
+def test_sigkill_of_the_parent_kills_the_whole_container(tmp_path):
+    marker = f"{time.time():.6f}"
+    script = textwrap.dedent(f"""
+        import sys
+        from pytest_isolate.runtime import Spec
+        from pytest_isolate.runtime.container import start_command
+        p = start_command(Spec(), ["sh", "-c", "sleep 1000{marker} & sleep 1000{marker}"])
+        print(p.pid, flush=True)
+        p.communicate()
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    init_pid = int(parent.stdout.readline())
+    deadline = time.monotonic() + 5
+    while len(_wait_gone(marker, 0)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(_wait_gone(marker, 0)) == 2, "the container's sleeps did not start"
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    assert _wait_gone(marker) == []
+    assert _state(init_pid) in (None, "Z"), "the container's init outlived its parent"
+
+
+def _state(pid: int) -> str | None:
+    """None when gone; "Z" when dead and waiting for the host's init to reap it."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return None
+        if state == "Z" or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("bad", [
+    Spec(hostname="x" * 65), Spec(network="carrier-pigeon"), Spec(rootfs="/no/such/dir"),
+    Spec(resources=Resources(cpu=0)), Spec(resources=Resources(memory=-1)),
+])
+def test_bad_input_raises_before_anything_is_created(bad):
+    with pytest.raises(SpecError):
+        run(bad, lambda: None)
+
+
+def test_a_non_callable_workload_is_a_spec_error():
+    with pytest.raises(SpecError, match="func"):
+        run(Spec(), "not callable")  # type: ignore[arg-type]
+    with pytest.raises(SpecError, match="argv"):
+        run_command(Spec(), "true")  # type: ignore[arg-type]
