@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .runtime import IsolationError, Resources, Spec, SpecError
+from .runtime import IsolationError, Resources, SetupError, Spec, SpecError
 from .runtime.container import start_command
 
 
@@ -101,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as e:
         print(f"pytest-isolate {args.cmd}: --{e.field}: {e}", file=sys.stderr)
         return 2
+    except SetupError as e:
+        print(f"pytest-isolate {args.cmd}: {e}", file=sys.stderr)
+        return 127 if e.step == "exec" else 125  # 127: command not found, as shells say
     except IsolationError as e:
         print(f"pytest-isolate {args.cmd}: {e}", file=sys.stderr)
         return 125

@@ -18,14 +18,15 @@ between them, because only a process inside the new user namespace may create th
                                CGROUP|PID); fork ------> PDEATHSIG; alive check
                               forward signals; wait;
                               exit with init's code
-                                                         scratch tmpfs on /dev/shm
-                                                         host tree or image overlay
-                                                         /proc, /sys, /dev
-                                                         pivot_root; detach old root
-                                                         hostname; lo up; [time ns]
+                                                         [time ns]
                                                          fork -------------------> close foreign fds
-                                                         reap all, forward          no_new_privs
-                                                          signals                   run / exec
+                                                         scratch tmpfs on /dev/shm  no_new_privs
+                                                         host tree or image overlay wait for "go"
+                                                         /proc, /sys, /dev            (forked early:
+                                                         pivot_root; detach old root   its fork cost
+                                                         hostname; lo up               overlaps the
+                                                         "go" -------------------->    mounting)
+                                                         reap all, forward signals  run / exec
   <--------------------------------------------------------------------- frame "return" | "raise"
                                                                                   | "exec_error"
   <------------------------------------------ frame "exit" {status}
@@ -310,6 +311,19 @@ def _init_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: s
     _die_with_parent(alive_r)
     if not unshared:
         namespaces.unshare_namespaces(namespaces.namespace_flags(spec))
+    if spec.time_offsets is not None:
+        namespaces.enter_time_namespace(spec.time_offsets.monotonic, spec.time_offsets.boottime)
+    # Fork the workload now: its fork and copy-on-write faults overlap the mounting below on
+    # another CPU. pivot_root moves its root and cwd along; it waits for "go" before running.
+    go_r, go_w = os.pipe()
+    forward = pid1.Forwarder()
+    pid = os.fork()
+    if pid == 0:
+        forward.restore()
+        os.close(go_w)
+        _workload_stage(spec, workload, result_w, keep, go_r)
+    os.close(go_r)
+    forward.target = pid
     root = rootfs.prepare_scratch()
     if spec.rootfs:
         rootfs.mount_image_root(root, spec.rootfs, userns)
@@ -323,25 +337,23 @@ def _init_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: s
     namespaces.set_hostname(spec.hostname)
     if spec.network != "host":
         namespaces.bring_up_loopback()
-    if spec.time_offsets is not None:
-        namespaces.enter_time_namespace(spec.time_offsets.monotonic, spec.time_offsets.boottime)
-    forward = pid1.Forwarder()
-    pid = os.fork()
-    if pid == 0:
-        forward.restore()
-        _workload_stage(spec, workload, result_w, keep)
-    forward.target = pid
+    os.write(go_w, b"g")
+    os.close(go_w)
     status = pid1.reap_until(pid)
     write_frame(result_w, {"t": "exit", "status": status})
     os._exit(pid1.exit_code_for(status))
 
 
-def _workload_stage(spec: Spec, workload, result_w: int, keep: set[int]) -> None:
+def _workload_stage(spec: Spec, workload, result_w: int, keep: set[int], go_r: int) -> None:
     code = 1
     try:
         _after_fork_in_child()
-        _close_foreign(keep)
+        _close_foreign(keep | {go_r})
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        go = os.read(go_r, 1)
+        os.close(go_r)
+        if go != b"g":  # init failed to build the container and reported why
+            os._exit(SETUP_FAILED)
         code = workload(result_w)
     except BaseException as e:  # a failure in our glue, not in user code
         with contextlib.suppress(OSError):

@@ -158,6 +158,13 @@ class HostFS:
     def is_dir(self, path: str) -> bool:
         return os.path.isdir(path)
 
+    def is_empty(self, path: str) -> bool:
+        try:
+            with os.scandir(path) as it:
+                return next(it, None) is None
+        except OSError:  # unreadable (e.g. /root rootless): keep the overlay, it shows the same
+            return False
+
     def mode(self, path: str) -> int:
         return stat.S_IMODE(os.stat(path).st_mode)
 
@@ -165,10 +172,11 @@ class HostFS:
 def plan_host_tree(mountinfo_text: str, fs: HostFS, split: bool) -> tuple[Layer, ...]:
     """Layers that rebuild the host's visible tree under a new root.
 
-    split=False (root): one overlay per top-level directory, then one overlay stacked on each
-    visible submount. split=True (user namespace): overlayfs refuses a lower layer with locked
-    mounts below it, so a directory with mounts below is recreated and its entries planned one
-    by one, down to the mounts themselves.
+    split=False (root): one overlay of "/", then one overlay stacked on each visible submount
+    (an overlay shows only its lower filesystem, not the mounts below).
+    split=True (user namespace): overlayfs refuses a lower layer with locked mounts below it,
+    so a directory with mounts below is recreated and its entries planned one by one, down to
+    the mounts themselves.
     """
     mountpoints = [m.mountpoint for m in visible_mounts(parse_mountinfo(mountinfo_text))
                    if m.mountpoint != "/"
@@ -189,19 +197,24 @@ def plan_host_tree(mountinfo_text: str, fs: HostFS, split: bool) -> tuple[Layer,
                 layers.append(Layer("dir", path, oct(fs.mode(path))))
                 for name, k, ln in fs.entries(path):
                     plan_entry(f"{path}/{name}", k, ln)
+            elif fs.is_empty(path) and not any(mp == path for mp in mountpoints):
+                # nothing to copy on write: a plain directory is the same view, one mount less
+                layers.append(Layer("dir", path, oct(fs.mode(path))))
             else:
                 layers.append(Layer("overlay", path, path))
 
+    if not split:
+        # As root one overlay of "/" is the same view as one per directory, at a fraction of
+        # the mounts (measured: 2.6 ms -> 0.4 ms); the submounts it hides are stacked on top.
+        layers.append(Layer("overlay", "/", "/"))
+        for mp in mountpoints:
+            layers.append(Layer("overlay" if fs.is_dir(mp) else "file", mp, mp))
+        return tuple(layers)
     for name, kind, link in fs.entries("/"):
         if name in SPECIAL_TOP:
             layers.append(Layer("dir", "/" + name, "0o555"))
         else:
             plan_entry("/" + name, kind, link)
-    if not split:
-        covered = [lay.target for lay in layers if lay.kind == "overlay"]
-        for mp in mountpoints:
-            if mp not in covered and any(_under(mp, top) for top in covered):
-                layers.append(Layer("overlay" if fs.is_dir(mp) else "file", mp, mp))
     return tuple(layers)
 
 
@@ -299,10 +312,15 @@ def _place_file(source: str, target: str, exists: bool) -> None:
 def mount_host_tree(root: str, plan: tuple[Layer, ...], userns: bool) -> list[str]:
     """Build the host's tree under root. Returns the paths that fell back to read-only binds
     because overlayfs refused their filesystem as a lower layer."""
-    _mount("bind new root", root, root, None, sc.MS_BIND)
     fallbacks = []
-    made: set[str] = {"/"}  # directories this function created (their entries are new too)
-    for i, layer in enumerate(plan):
+    made: set[str] = set()  # directories this function created (their entries are new too)
+    if plan and plan[0].target == "/":
+        _overlay(root, "/", 0, userns)  # the overlay itself is the mount pivot_root needs
+        plan = plan[1:]
+    else:
+        _mount("bind new root", root, root, None, sc.MS_BIND)
+        made.add("/")
+    for i, layer in enumerate(plan, start=1):
         target = root + layer.target
         parent = layer.target.rsplit("/", 1)[0] or "/"
         fresh = parent in made  # the target does not exist yet: create it

@@ -39,7 +39,7 @@ def _wait_gone(marker: str, seconds: float = 5.0) -> list[int]:
 def _has(pid: str, marker: str) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return marker.encode() in f.read()
+            return f.read() == f"sleep\0{1000}{marker}\0".encode()
     except OSError:
         return False
 
@@ -60,7 +60,7 @@ def test_sigkill_of_the_parent_kills_the_whole_container(tmp_path):
     deadline = time.monotonic() + 5
     while len(_wait_gone(marker, 0)) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert len(_wait_gone(marker, 0)) == 2, "the container's sleeps did not start"
+    assert len(_wait_gone(marker, 0)) == 2, "the container's two sleeps did not start"
     parent.kill()
     parent.wait()
     parent.stdout.close()

@@ -22,7 +22,7 @@ class FakeFS(HostFS):
     TREE = {
         "/": [("bin", "symlink", "usr/bin"), ("dev", "dir", ""), ("etc", "dir", ""),
               ("home", "dir", ""), ("mnt", "dir", ""), ("proc", "dir", ""),
-              ("usr", "dir", ""), ("vmlinuz", "file", "")],
+              ("srv", "dir", ""), ("usr", "dir", ""), ("vmlinuz", "file", "")],
         "/mnt": [("tools", "dir", ""), ("readme", "file", "")],
         "/mnt/tools": [("python", "dir", ""), ("lib", "dir", "")],
         "/home": [("u v", "dir", "")],
@@ -39,6 +39,9 @@ class FakeFS(HostFS):
     def mode(self, path):
         return 0o755
 
+    def is_empty(self, path):
+        return path == "/srv"
+
 
 def test_mountinfo_octal_escapes_are_decoded():
     assert [m.mountpoint for m in parse_mountinfo(MOUNTINFO)][4] == "/home/u v/venv"
@@ -50,18 +53,12 @@ def test_a_mount_stacked_on_the_same_path_hides_the_one_below():
     assert [m.mount_id for m in visible_mounts(parse_mountinfo(text))] == [1, 3]
 
 
-def test_root_plan_overlays_top_level_dirs_and_stacks_submounts():
+def test_root_plan_is_one_overlay_of_root_with_each_submount_stacked_on_it():
     plan = plan_host_tree(MOUNTINFO, FakeFS(), split=False)
-    assert Layer("symlink", "/bin", "usr/bin") in plan
-    assert Layer("overlay", "/usr", "/usr") in plan
-    assert Layer("overlay", "/mnt", "/mnt") in plan
-    assert Layer("file", "/vmlinuz", "/vmlinuz") in plan
-    assert Layer("dir", "/proc", "0o555") in plan
-    stacked = [lay for lay in plan if lay.target.count("/") > 1]
-    assert stacked == [Layer("overlay", "/mnt/tools/python", "/mnt/tools/python"),
-                       Layer("overlay", "/home/u v/venv", "/home/u v/venv"),
-                       Layer("file", "/etc/hosts", "/etc/hosts")]
-    assert not any(lay.target.startswith(("/proc/", "/dev/")) for lay in plan)
+    assert plan == (Layer("overlay", "/", "/"),
+                    Layer("overlay", "/mnt/tools/python", "/mnt/tools/python"),
+                    Layer("overlay", "/home/u v/venv", "/home/u v/venv"),
+                    Layer("file", "/etc/hosts", "/etc/hosts"))
 
 
 def test_userns_plan_splits_directories_down_to_their_mounts():
@@ -75,6 +72,9 @@ def test_userns_plan_splits_directories_down_to_their_mounts():
     assert targets["/home/u v/venv"] == "overlay"
     assert targets["/etc"] == "dir" and targets["/etc/passwd"] == "file"
     assert targets["/usr"] == "overlay"
+    assert targets["/srv"] == "dir"  # empty: nothing to copy on write
+    assert targets["/bin"] == "symlink" and targets["/vmlinuz"] == "file"
+    assert targets["/proc"] == "dir" and not any(t.startswith("/proc/") for t in targets)
     # parents come before their entries, so the builder can create them in order
     order = [lay.target for lay in plan]
     assert order.index("/mnt") < order.index("/mnt/tools") < order.index("/mnt/tools/python")

@@ -1,0 +1,92 @@
+"""Container start-to-finish cost against baselines measured in the same run.
+
+    python bench/container_start.py [--runs 200] [--rootless]
+
+Prints medians (ms) of run(spec, noop) and run_command(spec, ["true"]) beside
+`unshare --fork --pid --mount-proc --mount --uts --ipc --net true` and
+`bwrap --unshare-all --ro-bind / / --proc /proc --dev /dev --tmpfs /tmp true`, and the ratios.
+Rows alternate round by round so that drift on the machine hits every row alike.
+--rootless re-runs this script as `nobody` with the interpreter scripts/setup.sh builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pytest_isolate.runtime import Spec, run, run_command
+
+ROOTLESS_PYTHON = "/opt/pytest-isolate/rootless-venv/bin/python"
+
+
+def noop() -> None:
+    return None
+
+
+def rows(spec: Spec) -> dict:
+    out = {
+        "run(spec, noop)": lambda: run(spec, noop).unwrap(),
+        'run_command(spec, ["true"])': lambda: run_command(spec, ["true"]),
+    }
+    unshare = ["unshare", "--fork", "--pid", "--mount-proc", "--mount", "--uts", "--ipc",
+               "--net", "true"]
+    if os.geteuid() != 0:
+        unshare.insert(1, "--map-root-user")
+    out["unshare (util-linux)"] = lambda: subprocess.run(unshare, check=True)
+    if shutil.which("bwrap"):
+        bwrap = ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc", "--dev",
+                 "/dev", "--tmpfs", "/tmp", "true"]
+        out["bwrap"] = lambda: subprocess.run(bwrap, check=True)
+    return out
+
+
+def measure(runs: int, warmup: int = 10) -> dict[str, float]:
+    table = rows(Spec())
+    samples: dict[str, list[float]] = {name: [] for name in table}
+    for _ in range(warmup):
+        for fn in table.values():
+            fn()
+    for _ in range(runs):
+        for name, fn in table.items():
+            t = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t) * 1000)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def report(medians: dict[str, float], runs: int) -> None:
+    who = "root" if os.geteuid() == 0 else f"rootless (uid {os.geteuid()})"
+    print(f"container start, {who}, median of {runs} runs (ms)")
+    for name, ms in medians.items():
+        print(f"  {name:<30} {ms:7.2f}")
+    if "bwrap" in medians:
+        for name in ("run(spec, noop)", 'run_command(spec, ["true"])'):
+            print(f"  ratio {name} / bwrap: {medians[name] / medians['bwrap']:.2f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--rootless", action="store_true")
+    args = ap.parse_args()
+    if args.rootless and os.geteuid() == 0:
+        repo = Path(__file__).resolve().parents[1]
+        return subprocess.call(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ROOTLESS_PYTHON,
+             str(repo / "bench" / "container_start.py"), "--runs", str(args.runs)],
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo), "HOME": "/tmp"},
+            cwd="/tmp")
+    report(measure(args.runs), args.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The CLI as a user runs it: a real subprocess, real containers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cli(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": REPO}
+    return subprocess.run([sys.executable, "-m", "pytest_isolate", *args], input=input,
+                          capture_output=True, env=env, timeout=60)
+
+
+def test_run_passes_exit_status_stdio_and_hostname_through():
+    p = cli("run", "--hostname", "clibox", "--", "sh", "-c", "cat; hostname; echo $$; exit 7",
+            input=b"from-stdin\n")
+    assert p.returncode == 7
+    assert p.stdout.decode().split() == ["from-stdin", "clibox", "2"]
+
+
+def test_run_reports_a_signal_as_128_plus_n():
+    assert cli("run", "--", "sh", "-c", "kill -KILL $$").returncode == 128 + 9
+
+
+def test_run_of_a_missing_program_exits_127_with_a_hint():
+    p = cli("run", "--", "no-such-program-pti")
+    assert p.returncode == 127
+    assert b"no-such-program-pti" in p.stderr and b"hint:" in p.stderr
+
+
+def test_run_bad_option_value_names_the_option():
+    p = cli("run", "--hostname", "x" * 65, "--", "true")
+    assert p.returncode == 2 and b"--hostname" in p.stderr
+
+
+def test_run_network_none_has_only_loopback():
+    p = cli("run", "--", "ls", "/sys/class/net")
+    assert p.stdout.split() == [b"lo"]
+
+
+def test_check_lists_every_probe_with_a_verdict():
+    p = cli("check")
+    assert p.returncode == 0
+    out = p.stdout.decode()
+    for name in ("pid namespace", "pivot_root", "overlayfs in a user namespace", "cgroup mode",
+                 "sch_netem", "time namespace", "seccomp"):
+        assert name in out
+    assert "available" in out.splitlines()[-1]
+
+
+def test_cleanup_runs_and_says_what_it_removed():
+    p = cli("cleanup")
+    assert p.returncode == 0 and b"leftover(s) of dead runs removed" in p.stdout
