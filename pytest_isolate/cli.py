@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from .runtime import IsolationError, Resources, SetupError, Spec, SpecError
 from .runtime.container import start_command
+from .runtime.spec import format_size
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -35,12 +36,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = proc.communicate()
     except KeyboardInterrupt:
         return 130
+    if args.stats:
+        print(format_stats(result), file=sys.stderr)
     if result.timed_out:
         print(f"pytest-isolate run: timeout {args.timeout}s exceeded: every process of the "
               "container was killed", file=sys.stderr)
     if result.signal is not None:
         return 128 + result.signal
     return result.returncode
+
+
+def format_stats(result) -> str:
+    s = result.stats
+    cpu = "-" if s.cpu_seconds is None else f"{s.cpu_seconds:.3f}s"
+    thr = "-" if s.throttled_seconds is None else \
+        f"{s.throttled_seconds:.3f}s in {s.throttled_periods} periods"
+    hits = [name for name, hit in (("oom-kill", result.oom_killed),
+                                   ("pids", result.pids_limited),
+                                   ("timeout", result.timed_out)) if hit]
+    return (f"stats: cpu {cpu}, throttled {thr}, memory peak {format_size(s.memory_peak)}, "
+            f"caps hit: {', '.join(hits) or 'none'}")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -85,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--memory", help="bytes or a size like 64M")
     r.add_argument("--pids", type=int, help="most processes at once")
     r.add_argument("--timeout", type=float, help="seconds; then every process is killed")
+    r.add_argument("--stats", action="store_true",
+                   help="print CPU time, throttling, peak memory and cap hits to stderr")
     r.add_argument("command", nargs=argparse.REMAINDER)
     r.set_defaults(func=_cmd_run)
     c = sub.add_parser("check", help="what this host supports, with the fix for what is missing")

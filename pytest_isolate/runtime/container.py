@@ -53,9 +53,10 @@ from typing import Any
 
 from . import namespaces, pid1, rootfs
 from . import syscalls as sc
+from .cgroups import Driver, NoCgroup, open_cgroup
 from .channel import FrameReader, write_frame
 from .errors import SetupError, SpecError
-from .result import CommandResult, Result, WorkloadError
+from .result import CommandResult, Result, Stats, WorkloadError
 from .spec import Spec, validate
 
 SETUP_FAILED = 125
@@ -104,11 +105,13 @@ def _die_with_parent(alive_r: int) -> None:
 class _Launch:
     """The parent's handle on a started container: pids and pipe ends."""
 
-    def __init__(self, pid: int, result_r: int, alive_w: int, stdio: dict[int, int]):
+    def __init__(self, pid: int, result_r: int, alive_w: int, stdio: dict[int, int],
+                 cgroup: Driver):
         self.pid = pid
         self.result_r = result_r
         self.alive_w = alive_w
         self.stdio = stdio  # child fd number -> parent's end of the pipe
+        self.cgroup = cgroup
 
 
 class ContainerProcess:
@@ -122,6 +125,7 @@ class ContainerProcess:
         self._frames: list[dict] = []
         self._done = False
         self.started = time.monotonic()
+        self.stats = Stats()
 
     @property
     def pid(self) -> int:
@@ -199,6 +203,10 @@ class ContainerProcess:
             _close(fd)
         launch.stdio.clear()
         self._done = True
+        try:
+            self.stats = launch.cgroup.stats()  # before removal: the OOM count lives there
+        finally:
+            launch.cgroup.destroy()
         frames: dict[str, dict] = {}
         for frame in self._frames:
             frames.setdefault(frame["t"], frame)
@@ -237,7 +245,9 @@ class ContainerProcess:
             f = frames["raise"]
             error = WorkloadError(f["type"], f["message"], f["traceback"])
         return Result(value=value, error=error, exit_status=exit_status, signal=sig,
-                      timed_out=timed_out, returned=returned)
+                      timed_out=timed_out, returned=returned, stats=self.stats,
+                      oom_killed=self.stats.oom_kills > 0,
+                      pids_limited=self.stats.pids_max_hits > 0)
 
     def communicate(self, input: bytes | None = None,
                     timeout: float | None = None) -> CommandResult:
@@ -251,7 +261,8 @@ class ContainerProcess:
         exit_status, sig = _workload_status(frames, status)
         returncode = -sig if sig is not None else (exit_status or 0)
         return CommandResult(
-            argv=self._argv or (), returncode=returncode, timed_out=timed_out,
+            argv=self._argv or (), returncode=returncode, timed_out=timed_out, stats=self.stats,
+            oom_killed=self.stats.oom_kills > 0, pids_limited=self.stats.pids_max_hits > 0,
             stdout=bytes(out[1]) if 1 in out else None,
             stderr=bytes(out[2]) if 2 in out else None)
 
@@ -289,9 +300,20 @@ def _in_child(result_w: int, body: Callable[[], None]) -> None:
         os._exit(code)
 
 
-def _outer_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: set[int]) -> None:
+def _wait_placed(place_r: int | None) -> None:
+    """Block until the parent has put this process in its cgroup (only when caps are asked)."""
+    if place_r is not None:
+        placed = os.read(place_r, 1)
+        os.close(place_r)
+        if placed != b"p":
+            os._exit(SETUP_FAILED)
+
+
+def _outer_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: set[int],
+                 place_r: int | None) -> None:
     """Rootless only: become root of a user namespace that owns all the other namespaces."""
     _die_with_parent(alive_r)
+    _wait_placed(place_r)  # before any unshare: the whole container inherits the cgroup
     namespaces.enter_user_namespace(os.geteuid(), os.getegid())
     namespaces.unshare_namespaces(namespaces.namespace_flags(spec) | sc.CLONE_NEWPID)
     forward = pid1.Forwarder()
@@ -299,7 +321,7 @@ def _outer_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: 
     if pid == 0:
         forward.restore()
         _in_child(result_w, lambda: _init_stage(spec, plan, workload, result_w, alive_r, keep,
-                                                unshared=True, userns=True))
+                                                unshared=True, userns=True, place_r=None))
     forward.target = pid
     _, status = os.waitpid(pid, 0)
     os._exit(pid1.exit_code_for(status))
@@ -307,23 +329,21 @@ def _outer_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: 
 
 
 def _init_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: set[int],
-                unshared: bool, userns: bool) -> None:
+                unshared: bool, userns: bool, place_r: int | None) -> None:
     _die_with_parent(alive_r)
+    flags = namespaces.namespace_flags(spec)
     if not unshared:
-        namespaces.unshare_namespaces(namespaces.namespace_flags(spec))
+        # With caps, the cgroup namespace waits until the parent has placed us (below).
+        namespaces.unshare_namespaces(flags if place_r is None else flags & ~sc.CLONE_NEWCGROUP)
     if spec.time_offsets is not None:
         namespaces.enter_time_namespace(spec.time_offsets.monotonic, spec.time_offsets.boottime)
-    # Fork the workload now: its fork and copy-on-write faults overlap the mounting below on
-    # another CPU. pivot_root moves its root and cwd along; it waits for "go" before running.
     go_r, go_w = os.pipe()
     forward = pid1.Forwarder()
-    pid = os.fork()
-    if pid == 0:
-        forward.restore()
-        os.close(go_w)
-        _workload_stage(spec, workload, result_w, keep, go_r)
-    os.close(go_r)
-    forward.target = pid
+    pid = None
+    if place_r is None:
+        # Fork the workload now: its fork and copy-on-write faults overlap the mounting below
+        # on another CPU. pivot_root moves its root and cwd along; it waits for "go".
+        pid = _fork_workload(spec, workload, result_w, keep, forward, go_r, go_w)
     root = rootfs.prepare_scratch()
     if spec.rootfs:
         rootfs.mount_image_root(root, spec.rootfs, userns)
@@ -337,11 +357,29 @@ def _init_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: s
     namespaces.set_hostname(spec.hostname)
     if spec.network != "host":
         namespaces.bring_up_loopback()
+    if pid is None:
+        # The parent's cgroup.procs write (which can stall for an RCU grace period) ran while
+        # we built the root filesystem; join the cgroup namespace only once we are inside.
+        _wait_placed(place_r)
+        namespaces.unshare_namespaces(sc.CLONE_NEWCGROUP)
+        pid = _fork_workload(spec, workload, result_w, keep, forward, go_r, go_w)
     os.write(go_w, b"g")
     os.close(go_w)
     status = pid1.reap_until(pid)
     write_frame(result_w, {"t": "exit", "status": status})
     os._exit(pid1.exit_code_for(status))
+
+
+def _fork_workload(spec: Spec, workload, result_w: int, keep: set[int], forward, go_r: int,
+                   go_w: int) -> int:
+    pid = os.fork()
+    if pid == 0:
+        forward.restore()
+        os.close(go_w)
+        _workload_stage(spec, workload, result_w, keep, go_r)
+    os.close(go_r)
+    forward.target = pid
+    return pid
 
 
 def _workload_stage(spec: Spec, workload, result_w: int, keep: set[int], go_r: int) -> None:
@@ -435,9 +473,23 @@ def _launch(spec: Spec, workload_factory, child_stdio: dict[int, int | None]) ->
     """Fork the container. child_stdio maps 0/1/2 to PIPE, an fd to hand over, or None."""
     userns = spec.wants_userns()
     plan = None if spec.rootfs else rootfs.host_plan(split=userns)
+    res = spec.resources
+    cgroup = open_cgroup(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
+    cgroup.apply()
+    try:
+        launch = _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup)
+    except BaseException:
+        cgroup.destroy()
+        raise
+    return launch
+
+
+def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup) -> _Launch:
+    capped = not isinstance(cgroup, NoCgroup)
     with _lock:
         result_r, result_w = _pipe()
         alive_r, alive_w = _pipe()
+        place_r, place_w = _pipe() if capped else (None, None)
         parent_ends: dict[int, int] = {}
         child_ends: dict[int, int] = {}
         for target, how in child_stdio.items():
@@ -447,24 +499,39 @@ def _launch(spec: Spec, workload_factory, child_stdio: dict[int, int | None]) ->
             elif how is not None:
                 child_ends[target] = how
         keep = {result_w, alive_r, *child_ends.values()}
+        first_keep = keep | ({place_r} if capped else set())
         workload = workload_factory(child_ends)
         if userns:
             pid = os.fork()
             if pid == 0:
-                _close_foreign(keep)
+                _close_foreign(first_keep)
                 _in_child(result_w, lambda: _outer_stage(spec, plan, workload, result_w, alive_r,
-                                                         keep))
+                                                         keep, place_r))
         else:
             with namespaces.pid_namespace_for_next_fork():
                 pid = os.fork()
                 if pid == 0:
-                    _close_foreign(keep)
+                    _close_foreign(first_keep)
                     _in_child(result_w, lambda: _init_stage(spec, plan, workload, result_w,
                                                             alive_r, keep, unshared=False,
-                                                            userns=False))
-        for fd in (result_w, alive_r, *(fd for t, fd in child_ends.items() if t in parent_ends)):
+                                                            userns=False, place_r=place_r))
+        for fd in (result_w, alive_r, place_r,
+                   *(fd for t, fd in child_ends.items() if t in parent_ends)):
             _close(fd)
-    return _Launch(pid, result_r, alive_w, parent_ends)
+    launch = _Launch(pid, result_r, alive_w, parent_ends, cgroup)
+    if capped:
+        try:
+            cgroup.add_process(pid)  # overlaps the container's own setup
+            os.write(place_w, b"p")
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            for fd in (result_r, alive_w, *parent_ends.values()):
+                _close(fd)
+            raise
+        finally:
+            _close(place_w)
+    return launch
 
 
 def start(spec: Spec, func: Callable[..., Any], *args: Any, **kwargs: Any) -> ContainerProcess:

@@ -6,7 +6,10 @@ import signal as _signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cgroups.files import CgroupStats as Stats
 from .errors import IsolationError
+
+__all__ = ["CommandResult", "Result", "Stats", "WorkloadError", "WorkloadFailed"]
 
 
 @dataclass(frozen=True)
@@ -16,16 +19,6 @@ class WorkloadError:
     type: str
     message: str
     traceback: str
-
-
-@dataclass(frozen=True)
-class Stats:
-    """cgroup figures read before the cgroup is removed (None where not measured)."""
-
-    cpu_seconds: float | None = None
-    throttled_periods: int | None = None
-    throttled_seconds: float | None = None
-    memory_peak: int | None = None
 
 
 def signal_name(sig: int | None) -> str:

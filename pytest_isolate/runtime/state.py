@@ -88,8 +88,9 @@ def cleanup_stale() -> list[str]:
         for name in os.listdir(d):
             if name.endswith(".lock") and name[:-5].isdigit():
                 owners.add(int(name[:-5]))
-    from .cgroups import stale_owner_pids
+    from .cgroups import remove_stale, stale_owner_pids
 
+    register_cleaner(remove_stale)
     owners |= stale_owner_pids()
     for pid in sorted(owners):
         if pid == os.getpid() or owner_alive(pid):

@@ -55,3 +55,22 @@ def test_check_lists_every_probe_with_a_verdict():
 def test_cleanup_runs_and_says_what_it_removed():
     p = cli("cleanup")
     assert p.returncode == 0 and b"leftover(s) of dead runs removed" in p.stdout
+
+
+def test_run_with_caps_prints_the_figures_with_stats():
+    from pytest_isolate.runtime.cgroups import writable_controllers
+
+    if not {"cpu", "memory", "pids"} <= writable_controllers():
+        import pytest
+
+        pytest.skip("rootless: no writable cgroup here (cgroup v1 has no delegation to users)")
+    p = cli("run", "--cpu", "0.5", "--memory", "64M", "--pids", "16", "--stats", "--",
+            "sh", "-c", "exit 3")
+    assert p.returncode == 3
+    assert b"stats: cpu " in p.stderr and b"caps hit: none" in p.stderr
+
+
+def test_run_timeout_kills_and_says_so():
+    p = cli("run", "--timeout", "0.5", "--", "sleep", "30")
+    assert p.returncode == 128 + 9
+    assert b"timeout 0.5s exceeded" in p.stderr

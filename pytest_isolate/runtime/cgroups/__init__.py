@@ -1,15 +1,27 @@
-"""cgroups: mode detection from mountinfo text and which controllers this process may write.
+"""cgroups: mode detection, which controllers this process may write, and the driver for one
+container's caps (`open_cgroup`).
 
-Rule: detection is pure (text in, mode out); the drivers in v1.py and v2.py own file values.
+Rule: detection is pure (text in, mode out); files.py decides file values; v1.py and v2.py do
+the I/O; NoCgroup stands in when no cap is asked, so callers never branch on it.
 """
 
 from __future__ import annotations
 
 import os
 
+from .. import state
+from ..errors import UnsupportedError
 from ..rootfs import parse_mountinfo_full
+from .driver import Driver, NoCgroup, new_name, remove_dir
+from .files import CgroupStats
+from .v1 import V1Cgroup
+from .v2 import V2Cgroup
 
-CONTROLLERS = ("cpu", "memory", "pids")
+__all__ = ["CgroupStats", "Driver", "NoCgroup", "detect_mode", "open_cgroup",
+           "writable_controllers"]
+
+CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
+CAPPED = ("cpu", "memory", "pids")  # what users cap; cpuacct only gives figures
 
 
 def detect_mode(mountinfo_text: str) -> str:
@@ -61,7 +73,8 @@ def own_cgroup_dirs() -> dict[str, str]:
 
 
 def writable_controllers() -> set[str]:
-    return {ctl for ctl, d in own_cgroup_dirs().items() if os.access(d, os.W_OK)}
+    return {ctl for ctl, d in own_cgroup_dirs().items()
+            if ctl in CAPPED and os.access(d, os.W_OK)}
 
 
 def stale_owner_pids() -> set[int]:
@@ -77,3 +90,53 @@ def stale_owner_pids() -> set[int]:
             if len(parts) >= 3 and parts[0] == "pti" and parts[1].isdigit():
                 pids.add(int(parts[1]))
     return pids
+
+
+def remove_stale(owner_pid: int) -> list[str]:
+    """Remove the cgroups a dead owner left (processes in them are killed first)."""
+    removed = []
+    prefix = f"pti-{owner_pid}-"
+    for d in set(own_cgroup_dirs().values()):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(prefix):
+                path = os.path.join(d, name)
+                if remove_dir(path):
+                    removed.append(path)
+    return removed
+
+
+_NO_CGROUP_FIX = ("run as root, or inside a delegated cgroup v2 subtree "
+                  "(systemd-run --user --scope -p Delegate=yes ...)")
+
+
+def open_cgroup(cpu: float | None, memory: int | None, pids: int | None) -> Driver:
+    """The driver for one container's caps; NoCgroup when none is asked. Nothing is created
+    until `apply()`. Caps that no writable cgroup can enforce raise UnsupportedError."""
+    if cpu is None and memory is None and pids is None:
+        return NoCgroup()
+    asked = [name for name, v in (("cpu", cpu), ("memory", memory), ("pids", pids))
+             if v is not None]
+    dirs = own_cgroup_dirs()
+    missing = [c for c in asked if c not in dirs]
+    if missing:
+        raise UnsupportedError(f"cgroup caps ({', '.join(asked)})",
+                               f"no {', '.join(missing)} controller is mounted on this host",
+                               "mount the cgroup hierarchy (cgroup2 on /sys/fs/cgroup)")
+    readonly = [c for c in asked if not os.access(dirs[c], os.W_OK)]
+    if readonly:
+        raise UnsupportedError(f"cgroup caps ({', '.join(asked)})",
+                               f"this process may not create cgroups below "
+                               f"{dirs[readonly[0]]} (uid {os.geteuid()})", _NO_CGROUP_FIX)
+    state.register_cleaner(remove_stale)
+    state.ensure_owner_lock()
+    with open("/proc/self/mountinfo") as f:
+        mode = detect_mode(f.read())
+    name = new_name()
+    if mode == "v2":
+        return V2Cgroup(name, dirs[asked[0]], cpu, memory, pids)
+    writable = {c: d for c, d in dirs.items() if os.access(d, os.W_OK)}
+    return V1Cgroup(name, writable, cpu, memory, pids)

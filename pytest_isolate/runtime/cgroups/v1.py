@@ -1,0 +1,64 @@
+"""cgroup v1 (and hybrid) driver: one directory per hierarchy the caps need.
+
+cpu and cpuacct may be separate hierarchies (they are on the development machine), so each
+controller is resolved to its own directory. Figures come from cpuacct.usage, cpu.stat,
+memory.max_usage_in_bytes, memory.oom_control (oom_kill, not failcnt) and pids.events.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import SetupError
+from .driver import kill_members, read, remove_dir, write
+from .files import CgroupStats, v1_limit_writes, v1_stats
+
+CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
+
+
+class V1Cgroup:
+    def __init__(self, name: str, parents: dict[str, str], cpu: float | None,
+                 memory: int | None, pids: int | None):
+        # every hierarchy we can write, so the figures are complete whichever cap is asked
+        self.dirs = {ctl: os.path.join(parents[ctl], name) for ctl in CONTROLLERS
+                     if ctl in parents}
+        self.cpu, self.memory, self.pids = cpu, memory, pids
+
+    def apply(self) -> None:
+        made = []
+        try:
+            for d in self.dirs.values():
+                try:
+                    os.mkdir(d)
+                except OSError as e:
+                    raise SetupError("create cgroup", d, e.errno, e.strerror or "") from None
+                made.append(d)
+            has_memsw = "memory" in self.dirs and os.path.exists(
+                os.path.join(self.dirs["memory"], "memory.memsw.limit_in_bytes"))
+            for ctl, fname, value in v1_limit_writes(self.cpu, self.memory, self.pids,
+                                                     has_memsw):
+                write(os.path.join(self.dirs[ctl], fname), value, "set cgroup limit")
+        except BaseException:
+            for d in reversed(made):
+                remove_dir(d)
+            raise
+
+    def add_process(self, pid: int) -> None:
+        for d in self.dirs.values():
+            write(os.path.join(d, "cgroup.procs"), str(pid), "join cgroup")
+
+    def stats(self) -> CgroupStats:
+        def f(ctl: str, name: str) -> str | None:
+            d = self.dirs.get(ctl)
+            return read(os.path.join(d, name)) if d else None
+        return v1_stats(f("cpuacct", "cpuacct.usage"), f("cpu", "cpu.stat"),
+                        f("memory", "memory.max_usage_in_bytes"),
+                        f("memory", "memory.oom_control"), f("pids", "pids.events"))
+
+    def kill(self) -> None:
+        for d in self.dirs.values():
+            kill_members(d)
+
+    def destroy(self) -> None:
+        for d in self.dirs.values():
+            remove_dir(d)

@@ -1,0 +1,73 @@
+"""cgroup v2 driver: one directory below this process's cgroup.
+
+Controllers must be enabled in the parent's cgroup.subtree_control; that is the one write to a
+cgroup we did not create, and it only widens what children may use (never limits anything).
+Figures: cpu.stat (usage_usec, nr_throttled, throttled_usec), memory.peak, memory.events
+(oom_kill), pids.events (max). Killing uses cgroup.kill where the kernel has it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import SetupError, UnsupportedError
+from .driver import kill_members, read, remove_dir, write
+from .files import CgroupStats, v2_limit_writes, v2_stats
+
+NEEDED = ("cpu", "memory", "pids")
+
+
+class V2Cgroup:
+    def __init__(self, name: str, parent: str, cpu: float | None, memory: int | None,
+                 pids: int | None):
+        self.parent = parent
+        self.dir = os.path.join(parent, name)
+        self.cpu, self.memory, self.pids = cpu, memory, pids
+
+    def _enable_controllers(self) -> None:
+        enabled = set((read(os.path.join(self.parent, "cgroup.subtree_control")) or "").split())
+        missing = [c for c in NEEDED if c not in enabled]
+        if not missing:
+            return
+        try:
+            with open(os.path.join(self.parent, "cgroup.subtree_control"), "w") as f:
+                f.write(" ".join(f"+{c}" for c in missing))
+        except OSError as e:
+            raise UnsupportedError(
+                "cgroup v2 controllers",
+                f"cannot enable {', '.join(missing)} below {self.parent} ({e.strerror}); "
+                "a cgroup that holds processes cannot delegate controllers to children",
+                "run from a delegated subtree whose own processes sit in a leaf, e.g. "
+                "systemd-run --user --scope -p Delegate=yes python -m pytest") from None
+
+    def apply(self) -> None:
+        self._enable_controllers()
+        try:
+            os.mkdir(self.dir)
+        except OSError as e:
+            raise SetupError("create cgroup", self.dir, e.errno, e.strerror or "") from None
+        try:
+            has_swap = os.path.exists(os.path.join(self.dir, "memory.swap.max"))
+            for fname, value in v2_limit_writes(self.cpu, self.memory, self.pids, has_swap):
+                write(os.path.join(self.dir, fname), value, "set cgroup limit")
+        except BaseException:
+            remove_dir(self.dir)
+            raise
+
+    def add_process(self, pid: int) -> None:
+        write(os.path.join(self.dir, "cgroup.procs"), str(pid), "join cgroup")
+
+    def stats(self) -> CgroupStats:
+        def f(name: str) -> str | None:
+            return read(os.path.join(self.dir, name))
+        return v2_stats(f("cpu.stat"), f("memory.peak"), f("memory.events"), f("pids.events"))
+
+    def kill(self) -> None:
+        kill_file = os.path.join(self.dir, "cgroup.kill")
+        if os.path.exists(kill_file):
+            write(kill_file, "1", "kill cgroup")
+        else:
+            kill_members(self.dir)
+
+    def destroy(self) -> None:
+        remove_dir(self.dir)

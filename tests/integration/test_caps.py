@@ -1,0 +1,145 @@
+"""Resource caps on the real kernel: each cap is hit and reported, and no cgroup remains."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from pytest_isolate.runtime import Resources, Spec, UnsupportedError, run, run_command
+from pytest_isolate.runtime.cgroups import own_cgroup_dirs, writable_controllers
+from tests.conftest import require
+
+NO_DELEGATION = "rootless: no writable cgroup here (cgroup v1 has no delegation to users)"
+
+
+def _our_cgroups(owner: int | None = None) -> list[str]:
+    prefix = f"pti-{owner or os.getpid()}-"
+    return [os.path.join(d, n) for d in set(own_cgroup_dirs().values()) if os.path.isdir(d)
+            for n in os.listdir(d) if n.startswith(prefix)]
+
+
+@pytest.fixture
+def caps():
+    if os.geteuid() != 0 and not writable_controllers():
+        pytest.skip(NO_DELEGATION)
+    require({"cpu", "memory", "pids"} <= writable_controllers(),
+            "writable cpu, memory and pids cgroup controllers")
+    yield
+    assert _our_cgroups() == [], "a cgroup outlived its container"
+
+
+def _busy(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+@pytest.mark.usefixtures("caps")
+def test_cpu_cap_limits_a_busy_loop_to_its_share():
+    r = run(Spec(resources=Resources(cpu=0.3)), _busy, 1.0)
+    assert r.ok
+    assert 0.2 <= r.stats.cpu_seconds <= 0.4, r.stats
+    assert r.stats.throttled_periods > 0 and r.stats.throttled_seconds > 0
+
+
+@pytest.mark.usefixtures("caps")
+def test_memory_cap_exceeded_is_reported_as_oom_kill():
+    r = run(Spec(resources=Resources(memory="64M")), lambda: len(bytearray(400 << 20)))
+    assert r.oom_killed and r.signal == signal.SIGKILL and not r.returned
+    assert 60 << 20 <= r.stats.memory_peak <= 64 << 20
+    assert "OOM" in r.describe()
+
+
+@pytest.mark.usefixtures("caps")
+def test_pids_cap_stops_a_fork_bomb_and_the_host_still_forks():
+    def bomb():
+        n = 0
+        try:
+            while n < 10_000:
+                if os.fork() == 0:
+                    time.sleep(30)
+                    os._exit(0)
+                n += 1
+        except BlockingIOError:
+            return n
+        return n
+    r = run(Spec(resources=Resources(pids=32)), bomb)
+    assert r.pids_limited and r.value < 32
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+
+
+@pytest.mark.usefixtures("caps")
+def test_timeout_kills_the_workload_and_its_sleeping_grandchild():
+    marker = f"{time.time():.6f}"
+    t0 = time.monotonic()
+    r = run_command(Spec(resources=Resources(timeout=1, pids=16)),
+                    ["sh", "-c", f"(sleep 1000{marker} &); sleep 1000{marker}"])
+    assert r.timed_out and time.monotonic() - t0 < 3
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, marker)]
+
+
+def _cmdline_has(pid: str, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read() == f"sleep\0{1000}{marker}\0".encode()
+    except OSError:
+        return False
+
+
+@pytest.mark.usefixtures("caps")
+def test_inside_its_cgroup_namespace_the_container_sees_root():
+    def cgroups():
+        with open("/proc/self/cgroup") as f:
+            return sorted({line.strip().split(":", 2)[2] for line in f})
+    assert run(Spec(resources=Resources(cpu=1, memory="256M", pids=64)), cgroups).value == ["/"]
+
+
+@pytest.mark.usefixtures("caps")
+def test_figures_are_there_for_a_capped_run_and_absent_without_caps():
+    capped = run(Spec(resources=Resources(memory="128M")), _busy, 0.05)
+    assert capped.stats.cpu_seconds > 0 and capped.stats.memory_peak > 0
+    assert run(Spec(), lambda: None).stats.cpu_seconds is None
+
+
+@pytest.mark.usefixtures("caps")
+def test_a_cgroup_left_by_a_killed_parent_is_removed_by_cleanup():
+    script = textwrap.dedent("""
+        from pytest_isolate.runtime import Spec, Resources
+        from pytest_isolate.runtime.container import start_command
+        p = start_command(Spec(resources=Resources(pids=8)), ["sleep", "1000"])
+        print(p.pid, flush=True)
+        p.communicate()
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    parent.stdout.readline()
+    owner = parent.pid
+    assert _our_cgroups(owner), "the capped container has no cgroup"
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    left = _our_cgroups(owner)
+    assert left, "expected the dead run's cgroup to remain until cleanup"
+    cli = subprocess.run([sys.executable, "-m", "pytest_isolate", "cleanup"],
+                         capture_output=True, text=True, env={**os.environ,
+                                                              "PYTHONPATH": os.getcwd()})
+    assert cli.returncode == 0
+    assert _our_cgroups(owner) == []
+    assert all(path in cli.stdout for path in left)
+
+
+def test_caps_where_no_cgroup_is_writable_raise_unsupported_with_the_fix():
+    if writable_controllers() >= {"cpu", "memory", "pids"}:
+        pytest.skip("every controller is writable here: nothing is unsupported")
+    with pytest.raises(UnsupportedError) as info:
+        run(Spec(resources=Resources(memory="64M")), lambda: None)
+    assert "Delegate=yes" in info.value.fix or "root" in info.value.fix
