@@ -1,6 +1,7 @@
 """Container start-to-finish cost against baselines measured in the same run.
 
     python bench/container_start.py [--runs 200] [--rootless]
+    python bench/container_start.py --caps [--runs 200]
 
 Prints medians (ms) of run(spec, noop) and run_command(spec, ["true"]) beside
 `unshare --fork --pid --mount-proc --mount --uts --ipc --net true` and
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_isolate.runtime import Spec, run, run_command
+from pytest_isolate.runtime import Resources, Spec, run, run_command  # noqa: E402
 
 ROOTLESS_PYTHON = "/opt/pytest-isolate/rootless-venv/bin/python"
 
@@ -62,6 +63,34 @@ def measure(runs: int, warmup: int = 10) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+CAPS = Resources(cpu=1.0, memory="256M", pids=256)
+
+
+def measure_caps(runs: int, idle: float) -> dict[str, float]:
+    """Capped vs plain containers, alternating; `idle` seconds of sleep before each one, as
+    real tests are spaced (the first cgroup.procs write after idle time stalls)."""
+    plain, capped = Spec(), Spec(resources=CAPS)
+    samples: dict[str, list[float]] = {"plain": [], "capped": []}
+    for _ in range(5):
+        run(plain, noop)
+        run(capped, noop)
+    for _ in range(runs):
+        for name, spec in (("plain", plain), ("capped", capped)):
+            time.sleep(idle)
+            t = time.perf_counter()
+            run(spec, noop).unwrap()
+            samples[name].append((time.perf_counter() - t) * 1000)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def report_caps(runs: int) -> None:
+    print(f"cost of cpu+memory+pids caps, median of {runs} runs (ms)")
+    for label, idle in (("back to back", 0.0), ("50 ms idle before each", 0.05)):
+        m = measure_caps(runs, idle)
+        print(f"  {label:<24} plain {m['plain']:6.2f}  capped {m['capped']:6.2f}  "
+              f"added {m['capped'] - m['plain']:+6.2f}")
+
+
 def report(medians: dict[str, float], runs: int) -> None:
     who = "root" if os.geteuid() == 0 else f"rootless (uid {os.geteuid()})"
     print(f"container start, {who}, median of {runs} runs (ms)")
@@ -76,6 +105,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--rootless", action="store_true")
+    ap.add_argument("--caps", action="store_true", help="measure what caps add instead")
     args = ap.parse_args()
     if args.rootless and os.geteuid() == 0:
         repo = Path(__file__).resolve().parents[1]
@@ -84,7 +114,10 @@ def main() -> int:
              str(repo / "bench" / "container_start.py"), "--runs", str(args.runs)],
             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo), "HOME": "/tmp"},
             cwd="/tmp")
-    report(measure(args.runs), args.runs)
+    if args.caps:
+        report_caps(args.runs)
+    else:
+        report(measure(args.runs), args.runs)
     return 0
 
 
