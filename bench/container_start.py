@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_isolate.runtime import Resources, Spec, run, run_command  # noqa: E402
+from pytest_isolate.runtime import Resources, Spec, run, run_command
 
 ROOTLESS_PYTHON = "/opt/pytest-isolate/rootless-venv/bin/python"
 

@@ -9,9 +9,10 @@ SUDO=""
 if command -v apt-get >/dev/null; then
   $SUDO apt-get update -qq
   # util-linux: setpriv/unshare; bubblewrap: the benchmark baseline; busybox-static: test images;
-  # user-mode-linux: the cgroup v2 lane; python3-venv: the rootless interpreter.
+  # user-mode-linux + kmod: the cgroup v2 lane and its modules; python3-venv: the rootless
+  # interpreter.
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    util-linux bubblewrap busybox-static user-mode-linux python3-venv iproute2 >/dev/null
+    util-linux bubblewrap busybox-static user-mode-linux kmod python3-venv iproute2 >/dev/null
 fi
 
 python -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -75,7 +75,7 @@ def _state(pid: int) -> str | None:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone between open and read
             return None
         if state == "Z" or time.monotonic() > deadline:
             return state
