@@ -20,7 +20,14 @@ mkdir -p /run/pti-shared
 mount -t hostfs -o "$shared" hostfs /run/pti-shared
 ip link set lo up
 . /run/pti-shared/env.sh
-cd "$PTI_CWD"
+# A working directory under a directory that is a fresh tmpfs here (a checkout in /tmp, say)
+# is mounted back from the host, read-only, at the same path.
+case "$PTI_CWD" in
+  /tmp/*|/run/*|/dev/shm/*)
+    mkdir -p "$PTI_CWD"
+    mount -r -t hostfs -o "$PTI_CWD" hostfs "$PTI_CWD" ;;
+esac
+cd "$PTI_CWD" || { echo "uml lane: cannot enter $PTI_CWD"; echo 125 > /run/pti-shared/status; echo o > /proc/sysrq-trigger; }
 sh /run/pti-shared/cmd.sh
 echo $? > /run/pti-shared/status
 sync
