@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import syscalls as sc
 from .cgroups import detect_mode, writable_controllers
+from .cgroups.driver import read
 from .errors import SetupError
 from .namespaces import enter_user_namespace
 
@@ -53,14 +54,6 @@ def _enter_userns_if_needed() -> None:
 
 def _err(code: int) -> str:
     return "ok" if code == 0 else f"failed: {os.strerror(code) if code < 255 else 'error'}"
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def probe_namespaces() -> list[Feature]:
@@ -120,14 +113,14 @@ def probe_filesystems() -> list[Feature]:
 
 def probe_userns_sysctls() -> list[Feature]:
     out = []
-    mx = _read("/proc/sys/user/max_user_namespaces")
+    mx = read("/proc/sys/user/max_user_namespaces")
     out.append(Feature("user.max_user_namespaces", mx not in (None, "0"), str(mx),
                        "sysctl -w user.max_user_namespaces=15000" if mx == "0" else ""))
-    clone = _read("/proc/sys/kernel/unprivileged_userns_clone")
+    clone = read("/proc/sys/kernel/unprivileged_userns_clone")
     if clone is not None:
         out.append(Feature("kernel.unprivileged_userns_clone", clone == "1", clone,
                            "sysctl -w kernel.unprivileged_userns_clone=1" if clone != "1" else ""))
-    aa = _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+    aa = read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
     if aa is not None:
         out.append(Feature("AppArmor userns restriction", aa == "0",
                            "restricted" if aa != "0" else "not restricted",
@@ -152,7 +145,7 @@ def probe_cgroups() -> list[Feature]:
 
 def probe_misc() -> list[Feature]:
     out = []
-    seccomp = _read("/proc/sys/kernel/seccomp/actions_avail")
+    seccomp = read("/proc/sys/kernel/seccomp/actions_avail")
     out.append(Feature("seccomp", seccomp is not None, "filter available" if seccomp else
                        "missing", "" if seccomp else "a kernel with CONFIG_SECCOMP_FILTER"))
     netem = netem_available()
@@ -168,7 +161,7 @@ def netem_available() -> bool:
         return True
     release = platform.release()
     for name in ("modules.dep", "modules.builtin"):
-        text = _read(f"/lib/modules/{release}/{name}")
+        text = read(f"/lib/modules/{release}/{name}")
         if text and "sch_netem.ko" in text:
             return True
     return False
@@ -190,6 +183,6 @@ def summary_line() -> str:
     with open("/proc/self/mountinfo") as f:
         mode = detect_mode(f.read())
     caps = ",".join(sorted(writable_controllers())) or "none"
-    mx = _read("/proc/sys/user/max_user_namespaces")
+    mx = read("/proc/sys/user/max_user_namespaces")
     userns = "userns ok" if mx not in (None, "0") else "userns disabled"
     return f"{who}, cgroup {mode} (writable: {caps}), {userns}"

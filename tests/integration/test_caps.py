@@ -13,7 +13,7 @@ import pytest
 
 from pytest_isolate.runtime import Resources, Spec, UnsupportedError, run, run_command
 from pytest_isolate.runtime.cgroups import own_cgroup_dirs, writable_controllers
-from tests.conftest import require
+from tests.conftest import require, sleeps_with
 
 NO_DELEGATION = "rootless: no writable cgroup here (cgroup v1 has no delegation to users)"
 
@@ -88,15 +88,7 @@ def test_timeout_kills_the_workload_and_its_sleeping_grandchild():
     r = run_command(Spec(resources=Resources(timeout=1, pids=16)),
                     ["sh", "-c", f"(sleep 1000{marker} &); sleep 1000{marker}"])
     assert r.timed_out and time.monotonic() - t0 < 3
-    assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, marker)]
-
-
-def _cmdline_has(pid: str, marker: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read() == f"sleep\0{1000}{marker}\0".encode()
-    except OSError:
-        return False
+    assert not sleeps_with(marker)
 
 
 @pytest.mark.usefixtures("caps")

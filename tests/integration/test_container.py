@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from pytest_isolate.runtime import SetupError, Spec, run, run_command, start
-from tests.conftest import require
+from tests.conftest import require, sleeps_with
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 SPEC = Spec(hostname="box")
@@ -253,7 +253,7 @@ def test_run_command_timeout_kills_every_process():
                     timeout=0.5)
     assert r.timed_out and r.returncode == -signal.SIGKILL
     assert time.monotonic() - t0 < 5
-    assert not _processes_with(marker)
+    assert not sleeps_with(marker)
 
 
 def test_network_host_shares_the_host_network():
@@ -276,19 +276,6 @@ def test_a_time_namespace_shifts_the_monotonic_clock():
     require(os.path.exists("/proc/self/ns/time"), "this kernel has no time namespaces")
     inside = run(Spec(time_offsets=TimeOffsets(monotonic=86400)), time.monotonic).value
     assert inside - time.monotonic() > 86000
-
-
-def _processes_with(marker: str) -> list[int]:
-    found = []
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                with open(f"/proc/{p}/cmdline", "rb") as f:
-                    if marker.encode() in f.read():
-                        found.append(int(p))
-            except OSError:
-                pass
-    return found
 
 
 @pytest.fixture

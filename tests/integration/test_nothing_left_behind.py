@@ -13,6 +13,7 @@ import time
 import pytest
 
 from pytest_isolate.runtime import Resources, Spec, SpecError, run, run_command
+from tests.conftest import sleeps_with
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -30,18 +31,10 @@ def test_sigkill_of_the_workload_leaves_nothing():
 def _wait_gone(marker: str, seconds: float = 5.0) -> list[int]:
     deadline = time.monotonic() + seconds
     while True:
-        left = [p for p in os.listdir("/proc") if p.isdigit() and _has(p, marker)]
+        left = sleeps_with(marker)
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
-
-
-def _has(pid: str, marker: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read() == f"sleep\0{1000}{marker}\0".encode()
-    except OSError:
-        return False
 
 
 def test_sigkill_of_the_parent_kills_the_whole_container(tmp_path):

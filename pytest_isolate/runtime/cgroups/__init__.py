@@ -77,9 +77,9 @@ def writable_controllers() -> set[str]:
             if ctl in CAPPED and os.access(d, os.W_OK)}
 
 
-def stale_owner_pids() -> set[int]:
-    """Owner pids named by `pti-<pid>-<n>` cgroups below this process's cgroups."""
-    pids: set[int] = set()
+def _pti_cgroups() -> list[tuple[int, str]]:
+    """(owner pid, path) of every `pti-<pid>-<n>` cgroup below this process's cgroups."""
+    found = []
     for d in set(own_cgroup_dirs().values()):
         try:
             names = os.listdir(d)
@@ -88,25 +88,17 @@ def stale_owner_pids() -> set[int]:
         for name in names:
             parts = name.split("-")
             if len(parts) >= 3 and parts[0] == "pti" and parts[1].isdigit():
-                pids.add(int(parts[1]))
-    return pids
+                found.append((int(parts[1]), os.path.join(d, name)))
+    return found
+
+
+def stale_owner_pids() -> set[int]:
+    return {owner for owner, _ in _pti_cgroups()}
 
 
 def remove_stale(owner_pid: int) -> list[str]:
     """Remove the cgroups a dead owner left (processes in them are killed first)."""
-    removed = []
-    prefix = f"pti-{owner_pid}-"
-    for d in set(own_cgroup_dirs().values()):
-        try:
-            names = os.listdir(d)
-        except OSError:
-            continue
-        for name in names:
-            if name.startswith(prefix):
-                path = os.path.join(d, name)
-                if remove_dir(path):
-                    removed.append(path)
-    return removed
+    return [path for owner, path in _pti_cgroups() if owner == owner_pid and remove_dir(path)]
 
 
 _NO_CGROUP_FIX = ("run as root, or inside a delegated cgroup v2 subtree "
