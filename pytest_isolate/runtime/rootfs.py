@@ -43,10 +43,14 @@ _ST_TO_MS = ((os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV),
 
 @dataclass(frozen=True)
 class MountInfo:
+    """One line of /proc/<pid>/mountinfo, the fields the planner and cgroup detection use."""
+
     mount_id: int
     parent_id: int
     mountpoint: str
     fstype: str
+    root: str = "/"
+    super_options: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,35 +77,16 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-@dataclass(frozen=True)
-class MountEntry(MountInfo):
-    """A mountinfo line with the fields cgroup detection needs too."""
-
-    root: str = "/"
-    super_options: str = ""
-
-
-def parse_mountinfo_full(text: str) -> list[MountEntry]:
+def parse_mountinfo(text: str) -> list[MountInfo]:
     out = []
     for line in text.splitlines():
         if not line.strip():
             continue
         left, _, right = line.partition(" - ")
         f, r = left.split(), right.split()
-        out.append(MountEntry(int(f[0]), int(f[1]), _unescape(f[4]), r[0], _unescape(f[3]),
-                              r[2] if len(r) > 2 else ""))
+        out.append(MountInfo(int(f[0]), int(f[1]), _unescape(f[4]), r[0], _unescape(f[3]),
+                             r[2] if len(r) > 2 else ""))
     return out
-
-
-def parse_mountinfo(text: str) -> list[MountInfo]:
-    mounts = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        left, _, right = line.partition(" - ")
-        f = left.split()
-        mounts.append(MountInfo(int(f[0]), int(f[1]), _unescape(f[4]), right.split()[0]))
-    return mounts
 
 
 def _under(path: str, top: str) -> bool:

@@ -84,9 +84,6 @@ class Spec:
     userns: bool | None = None  # None: a user namespace exactly when not root
     time_offsets: TimeOffsets | None = None  # a time namespace with these offsets
 
-    def with_(self, **changes: Any) -> Spec:
-        return replace(self, **changes)
-
     def wants_userns(self) -> bool:
         return self.userns if self.userns is not None else os.geteuid() != 0
 

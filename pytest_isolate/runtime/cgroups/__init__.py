@@ -11,7 +11,7 @@ import os
 
 from .. import state
 from ..errors import UnsupportedError
-from ..rootfs import parse_mountinfo_full
+from ..rootfs import parse_mountinfo
 from .driver import Driver, NoCgroup, new_name, remove_dir
 from .files import CgroupStats
 from .v1 import V1Cgroup
@@ -28,7 +28,7 @@ def detect_mode(mountinfo_text: str) -> str:
     """"v2" (cgroup2 at /sys/fs/cgroup), "hybrid" (v1 controllers plus a cgroup2 elsewhere),
     "v1", or "none"."""
     v1 = v2_root = v2_other = False
-    for m in parse_mountinfo_full(mountinfo_text):
+    for m in parse_mountinfo(mountinfo_text):
         if m.fstype == "cgroup2":
             if m.mountpoint == "/sys/fs/cgroup":
                 v2_root = True
@@ -43,10 +43,15 @@ def detect_mode(mountinfo_text: str) -> str:
     return "v2" if v2_other else "none"
 
 
-def own_cgroup_dirs() -> dict[str, str]:
-    """controller -> the directory of this process's cgroup for it (v1 hierarchies or v2)."""
+def _read_mountinfo() -> str:
     with open("/proc/self/mountinfo") as f:
-        mounts = parse_mountinfo_full(f.read())
+        return f.read()
+
+
+def own_cgroup_dirs(mountinfo_text: str | None = None) -> dict[str, str]:
+    """controller -> the directory of this process's cgroup for it (v1 hierarchies or v2)."""
+    mounts = parse_mountinfo(mountinfo_text if mountinfo_text is not None
+                             else _read_mountinfo())
     with open("/proc/self/cgroup") as f:
         memberships = [line.strip().split(":", 2) for line in f if line.strip()]
     out: dict[str, str] = {}
@@ -112,7 +117,8 @@ def open_cgroup(cpu: float | None, memory: int | None, pids: int | None) -> Driv
         return NoCgroup()
     asked = [name for name, v in (("cpu", cpu), ("memory", memory), ("pids", pids))
              if v is not None]
-    dirs = own_cgroup_dirs()
+    mountinfo = _read_mountinfo()
+    dirs = own_cgroup_dirs(mountinfo)
     missing = [c for c in asked if c not in dirs]
     if missing:
         raise UnsupportedError(f"cgroup caps ({', '.join(asked)})",
@@ -125,8 +131,7 @@ def open_cgroup(cpu: float | None, memory: int | None, pids: int | None) -> Driv
                                f"{dirs[readonly[0]]} (uid {os.geteuid()})", _NO_CGROUP_FIX)
     state.register_cleaner(remove_stale)
     state.ensure_owner_lock()
-    with open("/proc/self/mountinfo") as f:
-        mode = detect_mode(f.read())
+    mode = detect_mode(mountinfo)
     name = new_name()
     if mode == "v2":
         return V2Cgroup(name, dirs[asked[0]], cpu, memory, pids)
