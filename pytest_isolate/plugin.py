@@ -1,15 +1,127 @@
 """pytest hooks only (entry point `isolate`, so `-p no:isolate` disables the plugin).
 
-The `isolated` marker and its options arrive with the marker work; until then the plugin only
-puts one line in the pytest header saying which isolation this host supports.
+The work lives elsewhere: settings.py turns marker/CLI/ini into a Spec, runner.py runs an item in
+a container, reporting.py formats what users read, fixtures.py holds the fixtures.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import sys
+
 import pytest
+
+from . import reporting, runner, settings
+from .fixtures import isolation  # noqa: F401  (registers the fixture)
+
+OPTIONS = pytest.StashKey[settings.Options]()
+ROWS = pytest.StashKey[dict]()
+
+# PyPI projects that use our import package or marker name: both cannot work in one env.
+CONFLICTS = {
+    "pytest-isolate": "it installs the same import package `pytest_isolate` (a different "
+                      "project; this one is pytest-isolate-ns)",
+    "pytest-isolated": "it registers the same `isolated` marker",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    settings.add_options(parser)
+
+
+def _check_conflicts() -> None:
+    for dist, why in CONFLICTS.items():
+        try:
+            importlib.metadata.distribution(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        raise pytest.UsageError(f"pytest-isolate-ns cannot run beside the installed package "
+                                f"{dist}: {why}. Uninstall it: pip uninstall {dist}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", settings.MARKER_DOC)
+    _check_conflicts()
+    options = settings.read_options(config)
+    if config.getoption("usepdb", False) and options.mode == "all":
+        raise pytest.UsageError(_PDB_MESSAGE)
+    config.stash[OPTIONS] = options
+    config.stash[ROWS] = {}
+
+
+_PDB_MESSAGE = ("--pdb cannot debug a test inside a container (its process has no terminal "
+                "and is killed with the container): add --isolate=off to run the isolated "
+                "tests in-process while debugging")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("usepdb", False) and config.stash[OPTIONS].mode == "marked":
+        marked = [i.nodeid for i in items if i.get_closest_marker("isolated")]
+        if marked:
+            raise pytest.UsageError(f"{_PDB_MESSAGE} ({len(marked)} marked, e.g. {marked[0]})")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
+    if sys.platform != "linux":
+        return f"isolate: unavailable ({sys.platform} is not Linux)"
     from .runtime import probe
 
-    return f"isolate: {probe.summary_line()}"
+    return f"isolate: {probe.summary_line()}, mode {config.stash[OPTIONS].mode}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    options = item.config.stash[OPTIONS]
+    try:
+        chosen = settings.item_settings(item, options)
+    except settings.SettingError as e:
+        chosen = e
+    if chosen is None:
+        return None  # pytest's own protocol, in this process
+    from .runtime import probe
+
+    runner.run_item(item, nextitem, chosen, options, probe.blocker())
+    return True
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    rows = _rows
+    if rows is None:
+        return
+    outcome = rows.setdefault(("outcome", report.nodeid), "passed")
+    if report.when == "call" or report.failed or report.skipped:
+        if hasattr(report, "wasxfail"):
+            outcome = "xfailed" if report.skipped else "xpassed"
+        elif report.failed:
+            outcome = "error" if report.when != "call" else "failed"
+        elif report.skipped:
+            outcome = "skipped"
+        if outcome != "passed" or report.when == "call":
+            rows[("outcome", report.nodeid)] = outcome
+    if report.when == "teardown":
+        row = reporting.row_from_report(report, rows.pop(("outcome", report.nodeid)))
+        if row is not None:
+            rows[report.nodeid] = row
+
+
+_rows: dict | None = None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _rows
+    _rows = session.config.stash[ROWS]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    rows = [r for k, r in config.stash[ROWS].items() if isinstance(r, reporting.Row)]
+    lines = reporting.summary_lines(rows)
+    if lines:
+        terminalreporter.write_sep("=", "isolated tests (pytest-isolate)")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _rows
+    _rows = None

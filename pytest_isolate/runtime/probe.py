@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from . import syscalls as sc
 from .cgroups import detect_mode, writable_controllers
 from .cgroups.driver import read
-from .errors import SetupError
+from .errors import SetupError, UnsupportedError
 from .namespaces import enter_user_namespace
 
 _NS = (("user", sc.CLONE_NEWUSER), ("mount", sc.CLONE_NEWNS), ("pid", sc.CLONE_NEWPID),
@@ -186,3 +186,23 @@ def summary_line() -> str:
     mx = read("/proc/sys/user/max_user_namespaces")
     userns = "userns ok" if mx not in (None, "0") else "userns disabled"
     return f"{who}, cgroup {mode} (writable: {caps}), {userns}"
+
+
+@functools.lru_cache(maxsize=1)
+def blocker() -> UnsupportedError | None:
+    """Why no container at all can start here (cheap, no forks), or None."""
+    import sys
+
+    if sys.platform != "linux":
+        return UnsupportedError("containers", f"this is {sys.platform}, not Linux: "
+                                "namespaces, overlayfs and cgroups are Linux kernel features",
+                                "run on Linux (a VM or CI runner), or use --isolate=off")
+    if os.geteuid() == 0:
+        return None
+    for feature in probe_userns_sysctls():
+        if not feature.ok:
+            return UnsupportedError("rootless containers",
+                                    f"unprivileged user namespaces are blocked "
+                                    f"({feature.name} = {feature.detail})",
+                                    f"{feature.fix}, or run as root")
+    return None

@@ -1,0 +1,330 @@
+"""One pytest item in a container: the parent side and the child side of the protocol.
+
+Rule: the pytest process keeps the collectors and every fixture wider than function scope;
+the container runs the item's setup, call and teardown (its function-scoped fixtures). So the
+parent's SetupState stays in step however isolated and plain tests are mixed (the trap
+pytest-forked fell into, pytest-forked#67), and a session fixture used by many isolated tests is
+created once and inherited by each container through fork.
+
+  pytest process                                   container (pid 2, a fork of this process)
+  logstart; skip marks; settings; host check
+  collectors + wider fixtures set up here
+  start container -------------------------------> setup, call, teardown (function fixtures)
+                                                   each report -> frame on a memfd (never
+                                                   blocks, survives the process being killed)
+  wait: Result with cgroup figures <-------------- exits
+  read frames; a phase without a report gets one that says what killed it (OOM, pids,
+  timeout with the test's Python stack, signal)
+  log setup/call; tear down collectors the next item does not need; log the merged teardown
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import importlib
+import os
+import time
+import warnings
+from typing import Any
+
+import pytest
+
+from . import pytest_private as pp
+from . import reporting
+from .runtime import container as rt
+from .runtime.channel import FrameReader, write_frame
+from .runtime.errors import IsolationError, SetupError, UnsupportedError
+from .runtime.result import Result
+from .settings import ItemSettings, Options, SettingError
+
+PHASES = ("setup", "call", "teardown")
+STACK_MARGIN = 0.15  # seconds before the timeout at which the test dumps its Python stack
+
+ACTIVE_KEY = pytest.StashKey[ItemSettings]()  # set on an item while its container runs
+
+
+class ContainerFailure(Exception):
+    """What a test's report carries when its container ended it (usable in xfail(raises=))."""
+
+
+class _Scratch:
+    """Anonymous memory files the container writes into: reports, and the stack at timeout.
+    A memfd never blocks the writer and keeps what was written if the writer is killed."""
+
+    def __init__(self) -> None:
+        # Close-on-exec: forks (the container) keep them, commands exec'd elsewhere do not.
+        self.reports = os.memfd_create("pti-reports", os.MFD_CLOEXEC)
+        self.stack = os.memfd_create("pti-stack", os.MFD_CLOEXEC)
+
+    def reset(self) -> None:
+        for fd in (self.reports, self.stack):
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+
+    @staticmethod
+    def read(fd: int) -> bytes:
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+_scratch: _Scratch | None = None
+
+
+def _get_scratch() -> _Scratch:
+    global _scratch
+    if _scratch is None:
+        _scratch = _Scratch()
+    _scratch.reset()
+    return _scratch
+
+
+# -- child side ------------------------------------------------------------------------------
+
+def _child(item: pytest.Item, scratch: _Scratch, started: float, timeout: float | None) -> None:
+    """Runs as the container's workload: the item's own protocol, every report to the memfd."""
+    config = item.config
+    # A crash dumps the Python stack into the report rather than onto the terminal.
+    faulthandler.enable(file=scratch.stack, all_threads=True)
+    if timeout is not None:
+        left = timeout - (time.monotonic() - started) - STACK_MARGIN
+        faulthandler.dump_traceback_later(max(left, 0.01), file=scratch.stack)
+    pp.teardown_item_only(item)
+
+    def emit(frame: dict) -> None:
+        write_frame(scratch.reports, frame)
+
+    def report(rep: pytest.TestReport) -> pytest.TestReport:
+        emit({"t": "report",
+              "data": config.hook.pytest_report_to_serializable(config=config, report=rep)})
+        return rep
+
+    # Warnings: the parent's warnings plugin applied its filters before the fork; record here
+    # and let the parent re-issue them, so they reach its warnings summary (and xdist's).
+    with warnings.catch_warnings(record=True) as log:
+        try:
+            rep = report(pp.call_and_report(item, "setup", log=False))
+            if rep.passed and not config.getoption("setuponly", False):
+                report(pp.call_and_report(item, "call", log=False))
+            report(pp.call_and_report(item, "teardown", log=False, nextitem=None))
+        except pytest.exit.Exception as e:
+            emit({"t": "exit", "msg": e.msg, "returncode": e.returncode})
+    faulthandler.cancel_dump_traceback_later()
+    for w in log:
+        emit({"t": "warning", "module": w.category.__module__,
+              "category": w.category.__qualname__, "message": str(w.message),
+              "filename": w.filename, "lineno": w.lineno})
+
+
+# -- parent side -----------------------------------------------------------------------------
+
+def _capman(item: pytest.Item) -> Any:
+    return item.config.pluginmanager.getplugin("capturemanager")
+
+
+def _captured(item: pytest.Item, when: str):
+    capman = _capman(item)
+    return capman.item_capture(when, item) if capman else contextlib.nullcontext()
+
+
+def _unsupported(err: IsolationError, options: Options) -> None:
+    text = f"this host cannot isolate the test: {err}"
+    if options.unsupported == "skip":
+        pytest.skip(text)
+    pytest.fail(f"{text}\n(set ini isolate_unsupported = skip to skip instead, or run with "
+                "--isolate=off)", pytrace=False)
+
+
+def _start(item: pytest.Item, settings: ItemSettings | SettingError, options: Options,
+           scratch: _Scratch, blocker: UnsupportedError | None) -> rt.ContainerProcess:
+    """The parent's part of setup; any exception here becomes the setup report."""
+    if isinstance(settings, SettingError):
+        pytest.fail(str(settings), pytrace=False)
+    reason = pp.skip_reason(item)
+    if reason is not None:
+        pytest.skip(reason)  # no container for a skipped test
+    if blocker is not None:
+        _unsupported(blocker, options)
+    with _captured(item, "setup"):
+        pp.prepare_wider_fixtures(item)
+    spec = settings.spec
+    item.stash[ACTIVE_KEY] = settings
+    try:
+        return rt.start(spec, _child, item, scratch, time.monotonic(), spec.resources.timeout)
+    except UnsupportedError as e:
+        _unsupported(e, options)
+        raise  # not reached
+    finally:
+        del item.stash[ACTIVE_KEY]
+
+
+def _frames(scratch: _Scratch) -> list[dict]:
+    data = _Scratch.read(scratch.reports)
+    try:
+        return FrameReader().feed(data)
+    except ValueError:  # a frame cut short when the process was killed mid-write
+        reader, frames = FrameReader(), []
+        with contextlib.suppress(ValueError):
+            for i in range(0, len(data)):
+                frames.extend(reader.feed(data[i:i + 1]))
+        return frames
+
+
+def _reissue_warning(frame: dict) -> None:
+    category: type[Warning] = UserWarning
+    message = frame["message"]
+    try:
+        obj: Any = importlib.import_module(frame["module"])
+        for part in frame["category"].split("."):
+            obj = getattr(obj, part)
+        if isinstance(obj, type) and issubclass(obj, Warning):
+            category = obj
+    except Exception:
+        message = f"{frame['category']}: {message}"
+    warnings.warn_explicit(message, category, frame["filename"], frame["lineno"])
+
+
+def _synthesize(item: pytest.Item, when: str, text: str,
+                sections: list[tuple[str, str]]) -> pytest.TestReport:
+    """A report for a phase the container did not report, made by pytest's own makereport
+    (so xfail applies) and then given the plain-text reason."""
+    def fail() -> None:
+        raise ContainerFailure(text)
+
+    call = pp.CallInfo.from_call(fail, when=when)  # type: ignore[arg-type]
+    rep = item.ihook.pytest_runtest_makereport(item=item, call=call)
+    if rep.failed:
+        rep.longrepr = text
+    rep.sections.extend(sections)
+    return rep
+
+
+def _dead_output(item: pytest.Item, when: str) -> list[tuple[str, str]]:
+    """What the dead test printed: it is still in the global capture files (fd capture)."""
+    capman = _capman(item)
+    if capman is None or capman._global_capturing is None:
+        return []
+    out, err = capman.read_global_capture()
+    return [(f"Captured {name} {when}", text) for name, text in (("stdout", out), ("stderr", err))
+            if text]
+
+
+def _teardown_in_parent(item: pytest.Item, nextitem: pytest.Item | None) -> pytest.TestReport:
+    """Tear down the collectors and wider fixtures the next item does not need. Not through
+    the pytest_runtest_teardown hook: other plugins' teardown hooks expect their own setup
+    hooks to have run for this item in this process, and those ran in the container."""
+    state = pp.setup_state(item)
+
+    def teardown() -> None:
+        with _captured(item, "teardown"):
+            state.teardown_exact(nextitem)
+
+    call = pp.CallInfo.from_call(teardown, when="teardown",
+                                 reraise=pp.get_reraise_exceptions(item.config))
+    return item.ihook.pytest_runtest_makereport(item=item, call=call)
+
+
+def _merge_teardown(child: pytest.TestReport | None, parent: pytest.TestReport
+                    ) -> pytest.TestReport:
+    if child is None:
+        return parent
+    base, other = (parent, child) if parent.failed and not child.failed else (child, parent)
+    seen = set(map(tuple, base.sections))
+    base.sections.extend(s for s in other.sections if tuple(s) not in seen)
+    if base is child and parent.failed:
+        base.sections.append(("teardown in the pytest process", str(parent.longrepr)))
+    base.duration = child.duration + parent.duration
+    return base
+
+
+def run_item(item: pytest.Item, nextitem: pytest.Item | None,
+             settings: ItemSettings | SettingError, options: Options,
+             blocker: UnsupportedError | None) -> list[pytest.TestReport]:
+    """pytest_runtest_protocol for an isolated item."""
+    ihook, config = item.ihook, item.config
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    pp.reset_request(item)
+    pp.store_xfail(item)
+    scratch = _get_scratch()
+    call = pp.CallInfo.from_call(lambda: _start(item, settings, options, scratch, blocker),
+                                 when="setup", reraise=pp.get_reraise_exceptions(config))
+    reports: dict[str, pytest.TestReport] = {}
+    exit_frame = None
+    result: Result | None = None
+    if call.excinfo is not None:
+        reports["setup"] = ihook.pytest_runtest_makereport(item=item, call=call)
+    else:
+        proc: rt.ContainerProcess = call.result
+        spec = proc.spec
+        try:
+            result = proc.wait()
+        except SetupError as e:
+            reports["setup"] = _synthesize(item, "setup", f"the container could not be built: "
+                                           f"{e}", [])
+        frames = _frames(scratch)
+        for frame in frames:
+            if frame["t"] == "report":
+                rep = config.hook.pytest_report_from_serializable(config=config,
+                                                                  data=frame["data"])
+                reports.setdefault(rep.when, rep)
+            elif frame["t"] == "warning":
+                _reissue_warning(frame)
+            elif frame["t"] == "exit":
+                exit_frame = frame
+        if result is not None:
+            _complete(item, reports, result, spec, scratch)
+    for when in ("setup", "call"):
+        if when in reports:
+            ihook.pytest_runtest_logreport(report=reports[when])
+    if item.session.shouldfail or item.session.shouldstop or exit_frame:
+        nextitem = None
+    parent_td = _teardown_in_parent(item, nextitem)
+    reports["teardown"] = _merge_teardown(reports.get("teardown"), parent_td)
+    if result is not None:
+        props = reporting.properties(result, spec)
+        for rep in reports.values():
+            rep.user_properties.extend(props)
+    ihook.pytest_runtest_logreport(report=reports["teardown"])
+    pp.drop_request(item)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    if exit_frame:
+        pytest.exit(exit_frame["msg"], exit_frame["returncode"])
+    return list(reports.values())
+
+
+def _complete(item: pytest.Item, reports: dict[str, pytest.TestReport], result: Result,
+              spec, scratch: _Scratch) -> None:
+    """Give the phase the container died in a report that says why; note survived cap hits."""
+    missing = [w for w in PHASES if w not in reports]
+    setup = reports.get("setup")
+    if setup is not None and not setup.passed:
+        missing = [w for w in missing if w == "teardown"]  # no call after a failed setup
+    if missing:
+        when = missing[0]
+        text = reporting.death_reason(result, spec, when)
+        stack = _test_frames(_Scratch.read(scratch.stack).decode(errors="replace"))
+        if stack and result.timed_out:
+            text += f"\n\nPython stack of the test {STACK_MARGIN:g}s before the kill:\n{stack}"
+        elif stack and result.signal is not None:
+            text += f"\n\nPython stack of the test when it crashed:\n{stack}"
+        reports[when] = _synthesize(item, when, text, _dead_output(item, when))
+        return
+    note = reporting.hit_note(result, spec)
+    if note:
+        target = reports.get("call") or reports["setup"]
+        target.sections.append(("pytest-isolate: cap hit", note))
+
+
+def _test_frames(dump: str) -> str:
+    """faulthandler's dump, most recent call first, cut where pytest's own machinery begins."""
+    out = []
+    for line in dump.strip().splitlines():
+        if line.startswith(("Timeout (", "Fatal Python error")) or not line.strip():
+            continue
+        if line.lstrip().startswith("File ") and ("/_pytest/" in line or "/pluggy/" in line):
+            break
+        out.append(line)
+    return "\n".join(out)
