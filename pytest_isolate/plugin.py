@@ -15,7 +15,6 @@ from . import reporting, runner, settings
 from .fixtures import isolation  # noqa: F401  (registers the fixture)
 
 OPTIONS = pytest.StashKey[settings.Options]()
-ROWS = pytest.StashKey[dict]()
 
 # PyPI projects that use our import package or marker name: both cannot work in one env.
 CONFLICTS = {
@@ -46,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("usepdb", False) and options.mode == "all":
         raise pytest.UsageError(_PDB_MESSAGE)
     config.stash[OPTIONS] = options
-    config.stash[ROWS] = {}
+    config.pluginmanager.register(Summary(), "isolate-summary")
 
 
 _PDB_MESSAGE = ("--pdb cannot debug a test inside a container (its process has no terminal "
@@ -84,44 +83,26 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return True
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    rows = _rows
-    if rows is None:
-        return
-    outcome = rows.setdefault(("outcome", report.nodeid), "passed")
-    if report.when == "call" or report.failed or report.skipped:
-        if hasattr(report, "wasxfail"):
-            outcome = "xfailed" if report.skipped else "xpassed"
-        elif report.failed:
-            outcome = "error" if report.when != "call" else "failed"
-        elif report.skipped:
-            outcome = "skipped"
-        if outcome != "passed" or report.when == "call":
-            rows[("outcome", report.nodeid)] = outcome
-    if report.when == "teardown":
-        row = reporting.row_from_report(report, rows.pop(("outcome", report.nodeid)))
-        if row is not None:
-            rows[report.nodeid] = row
+class Summary:
+    """Collects the figures of isolated tests from their reports (so it works the same under
+    xdist, whose controller only sees reports) and prints the table at the end."""
 
+    def __init__(self) -> None:
+        self.outcomes: dict[str, str] = {}
+        self.rows: list[reporting.Row] = []
 
-_rows: dict | None = None
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        outcome = reporting.outcome_of(report)
+        if outcome is not None:
+            self.outcomes[report.nodeid] = outcome
+        if report.when == "teardown":
+            row = reporting.row_from_report(report, self.outcomes.pop(report.nodeid, "passed"))
+            if row is not None:
+                self.rows.append(row)
 
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    global _rows
-    _rows = session.config.stash[ROWS]
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    rows = [r for k, r in config.stash[ROWS].items() if isinstance(r, reporting.Row)]
-    lines = reporting.summary_lines(rows)
-    if lines:
-        terminalreporter.write_sep("=", "isolated tests (pytest-isolate)")
-        for line in lines:
-            terminalreporter.write_line(line)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    global _rows
-    _rows = None
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        lines = reporting.summary_lines(self.rows)
+        if lines:
+            terminalreporter.write_sep("=", "isolated tests (pytest-isolate)")
+            for line in lines:
+                terminalreporter.write_line(line)

@@ -105,6 +105,17 @@ class Row:
     hits: str
 
 
+def outcome_of(report: pytest.TestReport) -> str | None:
+    """The test's outcome as this report changes it, or None when it does not."""
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    if report.failed:
+        return "failed" if report.when == "call" else "error"
+    if report.skipped:
+        return "skipped"
+    return "passed" if report.when == "call" else None
+
+
 def row_from_report(report: pytest.TestReport, outcome: str) -> Row | None:
     props = {k: v for k, v in (tuple(p) for p in report.user_properties) if str(k).startswith(PROP)}
     if PROP + "caps" not in props:

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 STRICT = os.environ.get("PYTEST_ISOLATE_STRICT") == "1"
 
 

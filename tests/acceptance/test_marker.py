@@ -1,0 +1,332 @@
+"""The isolated marker as users see it, through pytester: outcomes, reasons, mixing, markers on
+classes and modules, precedence, bad values."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+
+def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+    pytester.makepyfile(test_it=textwrap.dedent(source))
+    # Plugins some developer machines have (not ours) are kept out: they slow each run.
+    return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                              "-p", "no:benchmark", *args)
+
+
+def test_outcomes_as_usual(pytester):
+    result = run(pytester, """
+        import os, pytest
+
+        @pytest.fixture
+        def broken_setup():
+            raise RuntimeError("setup broke")
+
+        @pytest.fixture
+        def broken_teardown():
+            yield
+            raise RuntimeError("teardown broke")
+
+        pytestmark = pytest.mark.isolated
+
+        def test_pass(): assert os.getpid() == 2
+        def test_fail(): assert 1 == 2
+        def test_skip_inside(): pytest.skip("skipped inside")
+        @pytest.mark.skip(reason="by mark")
+        def test_skip_mark(): raise AssertionError("never runs")
+        @pytest.mark.xfail(reason="known")
+        def test_xfail(): assert 0
+        @pytest.mark.xfail(reason="fixed")
+        def test_xpass(): pass
+        def test_setup_error(broken_setup): pass
+        def test_teardown_error(broken_teardown): pass
+    """)
+    result.assert_outcomes(passed=2, failed=1, skipped=2, xfailed=1, xpassed=1, errors=2)
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_setup_error*",
+                                 "*RuntimeError: setup broke*",
+                                 "*ERROR at teardown of test_teardown_error*",
+                                 "*RuntimeError: teardown broke*"])
+    assert "INTERNALERROR" not in result.stdout.str()
+
+
+def test_caps_hit_become_clear_failures(pytester, caps_ok):
+    result = run(pytester, """
+        import os, time, pytest
+
+        def hog():
+            x = bytearray(400 * 1024 * 1024)
+            for i in range(0, len(x), 4096):
+                x[i] = 1
+
+        @pytest.mark.isolated(memory="64M")
+        def test_oom():
+            print("printed before the OOM kill")
+            hog()
+
+        @pytest.mark.isolated(pids=16)
+        def test_fork_bomb():
+            for _ in range(64):
+                if os.fork() == 0:
+                    time.sleep(60)
+                    os._exit(0)
+
+        @pytest.mark.isolated(timeout=1)
+        def test_hang():
+            time.sleep(60)
+
+        @pytest.mark.isolated
+        def test_crash():
+            import ctypes
+            ctypes.string_at(0)
+
+        @pytest.mark.xfail(reason="hogs memory")
+        @pytest.mark.isolated(memory="64M")
+        def test_oom_xfail():
+            hog()
+    """)
+    result.assert_outcomes(failed=4, xfailed=1)
+    result.stdout.fnmatch_lines([
+        "*killed by the OOM killer: memory cap 64.0M reached (peak 6*M)*",
+        "*printed before the OOM kill*",
+    ])
+    result.stdout.fnmatch_lines(["*pids cap 16 reached: fork failed*"])
+    result.stdout.fnmatch_lines([
+        "*timeout 1s exceeded: every process of the test was killed*",
+        "*Python stack of the test*",
+        "*test_it.py*in test_hang*",
+    ])
+    result.stdout.fnmatch_lines(["*crashed with SIGSEGV*", "*Python stack of the test when it*",
+                                 "*test_it.py*in test_crash*"])
+    result.stdout.fnmatch_lines(["*isolated tests (pytest-isolate)*",
+                                 "*test_oom_xfail*xfailed*memory=64.0M*oom*"])
+
+
+def test_mixed_plain_and_isolated_keep_setup_state_in_step(pytester):
+    pytester.makeconftest("""
+        import pytest
+        @pytest.fixture(scope="session")
+        def shared(tmp_path_factory):
+            log = tmp_path_factory.getbasetemp() / "log"
+            with open(log, "a") as f:
+                f.write("session setup\\n")
+            yield log
+            with open(log, "a") as f:
+                f.write("session teardown\\n")
+    """)
+    result = run(pytester, """
+        import os, pytest
+
+        @pytest.fixture(scope="module")
+        def mod(shared):
+            with open(shared, "a") as f:
+                f.write("module setup\\n")
+            yield os.getpid()
+            with open(shared, "a") as f:
+                f.write("module teardown\\n")
+
+        @pytest.fixture(scope="class")
+        def cls(shared):
+            with open(shared, "a") as f:
+                f.write("class setup\\n")
+            yield
+            with open(shared, "a") as f:
+                f.write("class teardown\\n")
+
+        @pytest.mark.isolated
+        def test_first(mod): assert mod != os.getpid()
+        def test_plain(mod): assert mod == os.getpid()
+
+        class TestMixed:
+            @pytest.mark.isolated
+            def test_a(self, cls, mod): assert os.getpid() == 2
+            def test_b(self, cls, mod): assert os.getpid() != 2
+            @pytest.mark.isolated
+            def test_c(self, cls, mod): assert os.getpid() == 2
+
+        @pytest.mark.isolated
+        @pytest.mark.parametrize("n", range(20))
+        def test_many(shared, n):
+            with open(shared, "a") as f:   # the container's copy: never reaches the host
+                f.write("written inside\\n")
+
+        @pytest.mark.isolated
+        def test_last(mod): pass
+    """)
+    result.assert_outcomes(passed=26)
+    log = (pytester.path.parent / "basetemp" / "log")
+    if not log.exists():
+        log = next(pytester.path.parent.rglob("log"))
+    assert log.read_text().splitlines() == [
+        "session setup", "module setup", "class setup", "class teardown",
+        "module teardown", "session teardown"]
+
+
+def test_markers_on_class_and_module_and_precedence(pytester):
+    pytester.makeini("""
+        [pytest]
+        isolate_timeout = 50
+        isolate_network = none
+    """)
+    result = run(pytester, """
+        import pytest
+        pytestmark = pytest.mark.isolated(hostname="from-module", timeout=40)
+
+        def test_module_level(isolation):
+            assert isolation.spec.hostname == "from-module"
+            assert isolation.sources["hostname"] == "pytestmark of module test_it.py"
+            assert isolation.resources.timeout == 40
+
+        @pytest.mark.isolated(hostname="from-class")
+        class TestClass:
+            def test_class_level(self, isolation):
+                import socket
+                assert socket.gethostname() == "from-class"
+                assert isolation.sources["hostname"] == "marker on class TestClass"
+                assert isolation.resources.timeout == 40   # module marker, still nearer than CLI
+
+            @pytest.mark.isolated(timeout=30)
+            def test_function_wins(self, isolation):
+                assert isolation.resources.timeout == 30
+                assert isolation.sources["timeout"] == "marker on test_function_wins"
+                assert isolation.resources.cpu == 0.5
+                assert isolation.sources["cpu"] == "--isolate-cpu"
+    """, "--isolate-cpu=0.5")
+    result.assert_outcomes(passed=3)
+
+
+def test_cli_beats_ini_and_all_and_off_modes(pytester):
+    pytester.makeini("""
+        [pytest]
+        isolate_timeout = 50
+    """)
+    source = """
+        import os, pytest
+
+        def test_plain(isolation):
+            assert isolation.resources.timeout == 20
+            assert isolation.sources["timeout"] == "--isolate-timeout"
+
+        @pytest.mark.isolated
+        def test_marked():
+            print("PID", os.getpid())
+    """
+    result = run(pytester, source, "--isolate=all", "--isolate-timeout=20")
+    result.assert_outcomes(passed=2)
+    result = run(pytester, source, "--isolate=off", "-s", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    assert "PID 2\n" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*only available in isolated tests*"])
+
+
+@pytest.mark.parametrize(("marker", "expected"), [
+    ('cpu="fast"', "*test_it.py::test_x: isolated(cpu='fast') from marker on test_x: expected "
+                   "a number of CPUs > 0*"),
+    ("cpus=1", "*isolated(cpus=1) from marker on test_x: unknown argument; did you mean 'cpu'?*"),
+    ('memory="lots"', "*isolated(memory='lots') from marker on test_x: expected bytes or a size*"),
+    ("pids=0", "*isolated(pids=0)*expected a whole number >= 2*"),
+    ('network="wifi"', "*isolated(network='wifi')*expected one of none, host*"),
+    ("1", "*isolated(*args=(1,))*keyword arguments only*"),
+])
+def test_bad_marker_values_fail_that_test_at_setup(pytester, marker, expected):
+    result = run(pytester, f"""
+        import pytest
+        @pytest.mark.isolated({marker})
+        def test_x(): pass
+        def test_y(): pass
+    """)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_x*", expected])
+    assert "INTERNALERROR" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(("args", "ini", "expected"), [
+    (["--isolate-memory=lots"], "", "*--isolate-memory='lots': expected bytes or a size*"),
+    (["--isolate-cpu=0"], "", "*--isolate-cpu='0': expected a number of CPUs > 0*"),
+    ([], "isolate_pids = many", "*ini isolate_pids='many': expected a whole number*"),
+    ([], "isolate_unsupported = maybe", "*isolate_unsupported = 'maybe': expected one of fail*"),
+    (["--isolate=all", "--pdb"], "", "*--pdb cannot debug a test inside a container*"
+                                     "--isolate=off*"),
+])
+def test_bad_options_stop_the_run_with_a_usage_error(pytester, args, ini, expected):
+    if ini:
+        pytester.makeini(f"[pytest]\n{ini}\n")
+    result = run(pytester, "def test_x(): pass\n", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([expected])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_pdb_with_marked_tests_is_a_usage_error(pytester):
+    result = run(pytester, """
+        import pytest
+        @pytest.mark.isolated
+        def test_x(): pass
+    """, "--pdb")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--pdb cannot debug*--isolate=off*test_it.py::test_x*"])
+
+
+@pytest.mark.parametrize("mode", ["fail", "skip"])
+def test_host_that_cannot_isolate(pytester, monkeypatch, mode):
+    from pytest_isolate.runtime import UnsupportedError, probe
+
+    err = UnsupportedError("rootless containers", "unprivileged user namespaces are blocked "
+                           "(user.max_user_namespaces = 0)", "sysctl -w user.max_user_namespaces"
+                           "=15000, or run as root")
+    monkeypatch.setattr(probe, "blocker", lambda: err)
+    pytester.makeini(f"[pytest]\nisolate_unsupported = {mode}\n")
+    result = run(pytester, """
+        import pytest
+        @pytest.mark.isolated
+        def test_x(): pass
+        def test_plain(): pass
+    """, "-rs")
+    if mode == "fail":
+        result.assert_outcomes(passed=1, errors=1)
+    else:
+        result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*this host cannot isolate the test: rootless containers: "
+                                 "unprivileged user namespaces are blocked*"])
+
+
+def test_refuses_to_load_beside_conflicting_packages(pytester):
+    site = pytester.mkdir("site")
+    info = site / "pytest_isolated-0.4.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pytest-isolated\nVersion: 0.4\n")
+    pytester.syspathinsert(site)
+    result = run(pytester, "def test_x(): pass\n")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*cannot run beside the installed package pytest-isolated*"
+                                 "pip uninstall pytest-isolated*"])
+
+
+def test_warnings_junit_properties_and_exit(pytester):
+    result = run(pytester, """
+        import warnings, pytest
+
+        @pytest.mark.isolated(cpu=2)
+        def test_warns():
+            warnings.warn("raised inside the container", UserWarning)
+    """, "--junit-xml=out.xml")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*UserWarning: raised inside the container*"])
+    xml = (pytester.path / "out.xml").read_text()
+    assert 'name="isolate_caps" value="cpu=2"' in xml
+    assert 'name="isolate_cpu_seconds"' in xml
+    assert 'name="isolate_cap_hits" value="none"' in xml
+
+
+def test_xdist_two_workers(pytester):
+    pytest.importorskip("xdist")
+    result = run(pytester, """
+        import os, pytest
+        pytestmark = pytest.mark.isolated(memory="64M")
+
+        @pytest.mark.parametrize("n", range(8))
+        def test_n(n):
+            assert os.getpid() == 2
+    """, "-p", "xdist", "-n", "2")
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["*8 isolated tests, 0 hit a cap*"])
