@@ -45,7 +45,7 @@ def format_size(n: int | None) -> str:
     for unit in ("G", "M", "K"):
         size = _SIZE_UNITS[unit]
         if n >= size:
-            return f"{n / size:.1f}{unit}"
+            return f"{n / size:.1f}".removesuffix(".0") + unit
     return f"{n}B"
 
 

@@ -87,7 +87,7 @@ def test_caps_hit_become_clear_failures(pytester, caps_ok):
     """)
     result.assert_outcomes(failed=4, xfailed=1)
     result.stdout.fnmatch_lines([
-        "*killed by the OOM killer: memory cap 64.0M reached (peak 6*M)*",
+        "*killed by the OOM killer: memory cap 64M reached (peak 6*M)*",
         "*printed before the OOM kill*",
     ])
     result.stdout.fnmatch_lines(["*pids cap 16 reached: fork failed*"])
@@ -99,7 +99,7 @@ def test_caps_hit_become_clear_failures(pytester, caps_ok):
     result.stdout.fnmatch_lines(["*crashed with SIGSEGV*", "*Python stack of the test when it*",
                                  "*test_it.py*in test_crash*"])
     result.stdout.fnmatch_lines(["*isolated tests (pytest-isolate)*",
-                                 "*test_oom_xfail*xfailed*memory=64.0M*oom*"])
+                                 "*test_oom_xfail*xfailed*memory=64M*oom*"])
 
 
 def test_mixed_plain_and_isolated_keep_setup_state_in_step(pytester):

@@ -19,7 +19,8 @@ def test_parse_size_rejects_what_is_not_a_size(bad):
 
 
 def test_format_size_is_readable():
-    assert format_size(64 * 1024**2) == "64.0M"
+    assert format_size(64 * 1024**2) == "64M"
+    assert format_size(int(1.5 * 1024**3)) == "1.5G"
     assert format_size(None) == "-"
 
 
