@@ -1,4 +1,4 @@
-"""A tour of pytest-isolate's runtime: run with `python examples/runtime_demo.py` (as root or not)."""
+"""A tour of the runtime API: `python examples/runtime_demo.py` (as root or not)."""
 
 import os
 import socket

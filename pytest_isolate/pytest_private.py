@@ -9,12 +9,20 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _pytest.runner import CallInfo, call_and_report, get_reraise_exceptions
+from _pytest.runner import CallInfo, call_and_report
 from _pytest.skipping import evaluate_skip_marks, evaluate_xfail_marks, xfailed_key
 
 __all__ = ["CallInfo", "call_and_report", "drop_request", "get_reraise_exceptions",
            "prepare_wider_fixtures", "reset_request", "setup_state",
            "skip_reason", "store_xfail", "teardown_item_only"]
+
+
+def get_reraise_exceptions(config: pytest.Config) -> tuple[type[BaseException], ...]:
+    """What CallInfo must let through, as pytest's call_and_report decides (8.4 inlines it)."""
+    reraise: tuple[type[BaseException], ...] = (pytest.exit.Exception,)
+    if not config.getoption("usepdb", False):
+        reraise += (KeyboardInterrupt,)
+    return reraise
 
 
 def setup_state(item: pytest.Item) -> Any:

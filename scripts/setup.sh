@@ -24,7 +24,16 @@ if [ "$(id -u)" = 0 ]; then
     /usr/bin/python3 -m venv "$venv"
   fi
   "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-    'pytest>=8.4' pluggy pyroute2 filelock
+    'pytest>=8.4' pluggy pyroute2 filelock pytest-xdist
+  # The oldest pytest we support, for the pytest 8.4 lane and bench/per_test_overhead.py
+  # (pytest-forked 1.7.5, its baseline, is broken on pytest 9).
+  old=/opt/pytest-isolate/pytest84
+  if [ ! -x "$old/bin/python" ]; then
+    python -m venv "$old"
+  fi
+  "$old/bin/python" -m pip install -q --disable-pip-version-check 'pytest==8.4.2' pluggy \
+    pyroute2 filelock pytest-xdist 'pytest-forked==1.7.5' pytest-cov
+  "$old/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
   chmod -R a+rX /opt/pytest-isolate
 fi
 echo "setup done: $(python -m pytest_isolate check | tail -1)"

@@ -189,9 +189,9 @@ def test_markers_on_class_and_module_and_precedence(pytester):
             def test_function_wins(self, isolation):
                 assert isolation.resources.timeout == 30
                 assert isolation.sources["timeout"] == "marker on test_function_wins"
-                assert isolation.resources.cpu == 0.5
-                assert isolation.sources["cpu"] == "--isolate-cpu"
-    """, "--isolate-cpu=0.5")
+                assert isolation.spec.network == "host"
+                assert isolation.sources["network"] == "--isolate-network"  # over the ini
+    """, "--isolate-network=host")
     result.assert_outcomes(passed=3)
 
 
@@ -302,16 +302,27 @@ def test_refuses_to_load_beside_conflicting_packages(pytester):
                                  "pip uninstall pytest-isolated*"])
 
 
-def test_warnings_junit_properties_and_exit(pytester):
+def test_warnings_reach_the_summary(pytester):
     result = run(pytester, """
         import warnings, pytest
 
-        @pytest.mark.isolated(cpu=2)
+        @pytest.mark.isolated
         def test_warns():
             warnings.warn("raised inside the container", UserWarning)
-    """, "--junit-xml=out.xml")
+    """)
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(["*UserWarning: raised inside the container*"])
+
+
+def test_junit_xml_gets_the_figures(pytester, caps_ok):
+    result = run(pytester, """
+        import pytest
+
+        @pytest.mark.isolated(cpu=2)
+        def test_capped():
+            pass
+    """, "--junit-xml=out.xml")
+    result.assert_outcomes(passed=1)
     xml = (pytester.path / "out.xml").read_text()
     assert 'name="isolate_caps" value="cpu=2"' in xml
     assert 'name="isolate_cpu_seconds"' in xml
@@ -322,7 +333,7 @@ def test_xdist_two_workers(pytester):
     pytest.importorskip("xdist")
     result = run(pytester, """
         import os, pytest
-        pytestmark = pytest.mark.isolated(memory="64M")
+        pytestmark = pytest.mark.isolated(timeout=60)
 
         @pytest.mark.parametrize("n", range(8))
         def test_n(n):

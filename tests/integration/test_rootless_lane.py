@@ -1,4 +1,5 @@
-"""The integration battery again, as user `nobody`: the rootless paths (user namespaces).
+"""The integration and acceptance batteries again, as user `nobody`: the rootless paths (user
+namespaces), the isolated marker included.
 
 Runs from root only. The unprivileged run needs an interpreter `nobody` can read (pyenv lives
 under /root, mode 700): scripts/setup.sh builds one from Debian's /usr/bin/python3.
@@ -26,7 +27,7 @@ ALLOWED_SKIPS = ("rootless: mounting a tmpfs on the host needs root",
                  "rootless: no writable cgroup here (cgroup v1 has no delegation to users)")
 
 
-def test_integration_battery_passes_as_nobody():
+def test_integration_and_acceptance_pass_as_nobody():
     if os.geteuid() != 0:
         pytest.skip("already rootless: this lane starts from root")
     require(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
@@ -42,14 +43,17 @@ def test_integration_battery_passes_as_nobody():
         shutil.copy(REPO / "pyproject.toml", work / "pyproject.toml")
         for p in work.rglob("*"):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        # No dist-info in the copy, so no entry point: PYTEST_PLUGINS loads the plugin, in
+        # pytester's inner sessions too.
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": str(work),
+               "PYTEST_PLUGINS": "pytest_isolate.plugin",
                "PYTEST_ISOLATE_STRICT": os.environ.get("PYTEST_ISOLATE_STRICT", "0"),
                "LANG": "C.UTF-8"}
         proc = subprocess.run(
             ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
              ROOTLESS_PYTHON, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-             "tests/integration", "--deselect",
-             "tests/integration/test_rootless_lane.py::test_integration_battery_passes_as_nobody"],
+             "tests/integration", "tests/acceptance", "--deselect",
+             "tests/integration/test_rootless_lane.py::test_integration_and_acceptance_pass_as_nobody"],
             cwd=work, env=env, capture_output=True, text=True, timeout=600)
     finally:
         shutil.rmtree(work, ignore_errors=True)
