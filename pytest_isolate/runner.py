@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
+from . import coverage_bridge, reporting
 from . import pytest_private as pp
-from . import reporting
 from .runtime import container as rt
 from .runtime.channel import FrameReader, write_frame
 from .runtime.errors import IsolationError, SetupError, UnsupportedError
@@ -93,6 +93,7 @@ def _child(item: pytest.Item, scratch: _Scratch, started: float, timeout: float 
         left = timeout - (time.monotonic() - started) - STACK_MARGIN
         faulthandler.dump_traceback_later(max(left, 0.01), file=scratch.stack)
     pp.teardown_item_only(item)
+    cov = coverage_bridge.in_container()
 
     def emit(frame: dict) -> None:
         write_frame(scratch.reports, frame)
@@ -113,6 +114,8 @@ def _child(item: pytest.Item, scratch: _Scratch, started: float, timeout: float 
         except pytest.exit.Exception as e:
             emit({"t": "exit", "msg": e.msg, "returncode": e.returncode})
     faulthandler.cancel_dump_traceback_later()
+    if cov is not None:
+        emit({"t": "coverage", "data": coverage_bridge.payload(cov)})
     for w in log:
         emit({"t": "warning", "module": w.category.__module__,
               "category": w.category.__qualname__, "message": str(w.message),
@@ -272,6 +275,8 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
                 reports.setdefault(rep.when, rep)
             elif frame["t"] == "warning":
                 _reissue_warning(frame)
+            elif frame["t"] == "coverage":
+                coverage_bridge.merge(frame["data"])
             elif frame["t"] == "exit":
                 exit_frame = frame
         if result is not None:

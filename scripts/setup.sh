@@ -24,7 +24,7 @@ if [ "$(id -u)" = 0 ]; then
     /usr/bin/python3 -m venv "$venv"
   fi
   "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-    'pytest>=8.4' pluggy pyroute2 filelock pytest-xdist
+    'pytest>=8.4' pluggy pyroute2 filelock pytest-xdist pytest-cov
   # The oldest pytest we support, for the pytest 8.4 lane and bench/per_test_overhead.py
   # (pytest-forked 1.7.5, its baseline, is broken on pytest 9).
   old=/opt/pytest-isolate/pytest84

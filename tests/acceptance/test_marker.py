@@ -341,3 +341,24 @@ def test_xdist_two_workers(pytester):
     """, "-p", "xdist", "-n", "2")
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["*8 isolated tests, 0 hit a cap*"])
+
+
+def test_coverage_counts_lines_run_inside(pytester):
+    pytest.importorskip("pytest_cov")
+    pytester.makepyfile(mod="""
+        def inside(x):
+            if x > 0:
+                return "positive"
+            return "other"
+    """)
+    pytester.makepyfile(test_it="""
+        import pytest, mod
+
+        @pytest.mark.isolated
+        def test_inside():
+            assert mod.inside(1) == "positive"
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cov=mod",
+                                           "--cov-report=term-missing")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["mod.py * 4 * 1 * 75%*4"])  # only `return "other"` missed

@@ -1,0 +1,109 @@
+"""Per-test overhead of --isolate=all against pytest-forked, measured in the same run.
+
+    python bench/per_test_overhead.py [--tests 200] [--rounds 5] [--python PY]
+
+Runs a suite of N trivial tests in a subprocess under several options, round-robin for
+--rounds rounds, and prints the median wall time of each row, the per-test overhead over the
+plain row ((row - plain) / N) and the ratio ours / pytest-forked. The "500 MB" rows hold 500 MB
+of touched memory in the pytest process (fork and exit cost grows with the parent's memory).
+All rows run in the pytest 8.4.2 venv scripts/setup.sh builds: pytest-forked 1.7.5 is broken on
+pytest 9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY84 = "/opt/pytest-isolate/pytest84/bin/python"
+CAPS = ["--isolate-cpu=2", "--isolate-memory=1G", "--isolate-pids=1000"]
+ROWS = {
+    "plain": [],
+    "--forked": ["--forked"],
+    "--isolate=all": ["--isolate=all"],
+    "--isolate=all + caps": ["--isolate=all", *CAPS],
+}
+BIG = {
+    "plain, 500 MB": [],
+    "--forked, 500 MB": ["--forked"],
+    "--isolate=all, 500 MB": ["--isolate=all"],
+}
+CONFTEST_500MB = """
+# Private memory, every page touched: what a test suite's caches and fixtures look like to fork.
+_held = bytearray(500 * 1024 * 1024)
+for i in range(0, len(_held), 4096):
+    _held[i] = 1
+"""
+
+
+def make_suite(root: Path, n: int, big: bool) -> Path:
+    root.mkdir()
+    (root / "test_trivial.py").write_text(
+        f"import pytest\n\n@pytest.mark.parametrize('i', range({n}))\n"
+        "def test_trivial(i):\n    assert i >= 0\n")
+    (root / "conftest.py").write_text(CONFTEST_500MB if big else "")
+    (root / "pytest.ini").write_text("[pytest]\n")
+    return root
+
+
+def time_once(python: str, suite: Path, args: list[str], n: int) -> float:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:randomly", *args, str(suite)], capture_output=True,
+                          text=True, env=env, cwd=suite)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0 or f"{n} passed" not in proc.stdout:
+        raise SystemExit(f"row {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tests", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--python", default=PY84)
+    ap.add_argument("--no-big", action="store_true", help="skip the 500 MB rows")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pti-bench-") as tmp:
+        small = make_suite(Path(tmp) / "small", a.tests, big=False)
+        large = make_suite(Path(tmp) / "large", a.tests, big=True)
+        plan = [(name, small, args) for name, args in ROWS.items()]
+        if not a.no_big:
+            plan += [(name, large, args) for name, args in BIG.items()]
+        times: dict[str, list[float]] = {name: [] for name, _, _ in plan}
+        for _ in range(a.rounds):
+            for name, suite, args in plan:
+                times[name].append(time_once(a.python, suite, args, a.tests))
+    med = {name: statistics.median(v) for name, v in times.items()}
+    version = subprocess.run([a.python, "-c", "import pytest; print(pytest.__version__)"],
+                             capture_output=True, text=True).stdout.strip()
+    print(f"{a.tests} trivial tests, {a.rounds} rounds, medians; pytest {version}")
+    print(f"{'row':<26}{'wall s':>9}{'per test ms':>13}")
+
+    def show(name: str, base: str) -> float:
+        per = (med[name] - med[base]) / a.tests * 1000
+        print(f"{name:<26}{med[name]:>9.2f}{per:>13.2f}")
+        return per
+
+    show("plain", "plain")
+    forked = show("--forked", "plain")
+    ours = show("--isolate=all", "plain")
+    caps = show("--isolate=all + caps", "plain")
+    print(f"ratio ours/forked: {ours / forked:.2f} (caps: {caps / forked:.2f})")
+    if not a.no_big:
+        show("plain, 500 MB", "plain, 500 MB")
+        f_big = show("--forked, 500 MB", "plain, 500 MB")
+        o_big = show("--isolate=all, 500 MB", "plain, 500 MB")
+        print(f"ratio ours/forked with 500 MB: {o_big / f_big:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
