@@ -176,6 +176,15 @@ def _frames(scratch: _Scratch) -> list[dict]:
         return frames
 
 
+def _report_from_json(config: pytest.Config, data: dict) -> pytest.TestReport:
+    rep = config.hook.pytest_report_from_serializable(config=config, data=data)
+    # JSON has no tuples: a skip's longrepr is (path, lineno, reason), properties are pairs.
+    if isinstance(rep.longrepr, list):
+        rep.longrepr = tuple(rep.longrepr)
+    rep.user_properties = [tuple(p) for p in rep.user_properties]
+    return rep
+
+
 def _reissue_warning(frame: dict) -> None:
     category: type[Warning] = UserWarning
     message = frame["message"]
@@ -270,8 +279,7 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
         frames = _frames(scratch)
         for frame in frames:
             if frame["t"] == "report":
-                rep = config.hook.pytest_report_from_serializable(config=config,
-                                                                  data=frame["data"])
+                rep = _report_from_json(config, frame["data"])
                 reports.setdefault(rep.when, rep)
             elif frame["t"] == "warning":
                 _reissue_warning(frame)

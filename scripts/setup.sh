@@ -34,6 +34,9 @@ if [ "$(id -u)" = 0 ]; then
   "$old/bin/python" -m pip install -q --disable-pip-version-check 'pytest==8.4.2' pluggy \
     pyroute2 filelock pytest-xdist 'pytest-forked==1.7.5' pytest-cov
   "$old/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
+  # A suite written by others, for the lane that runs it with and without --isolate=all.
+  python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    -d /opt/pytest-isolate/real-suite 'six==1.17.0'
   chmod -R a+rX /opt/pytest-isolate
 fi
 echo "setup done: $(python -m pytest_isolate check | tail -1)"

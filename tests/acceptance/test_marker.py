@@ -41,7 +41,7 @@ def test_outcomes_as_usual(pytester):
         def test_xpass(): pass
         def test_setup_error(broken_setup): pass
         def test_teardown_error(broken_teardown): pass
-    """)
+    """, "--junit-xml=out.xml")  # JUnit XML wants a skip's longrepr as a tuple, not a list
     result.assert_outcomes(passed=2, failed=1, skipped=2, xfailed=1, xpassed=1, errors=2)
     result.stdout.fnmatch_lines(["*ERROR at setup of test_setup_error*",
                                  "*RuntimeError: setup broke*",
