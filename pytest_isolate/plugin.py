@@ -102,6 +102,10 @@ class Summary:
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         lines = reporting.summary_lines(self.rows)
+        kept = terminalreporter.config.stash.get(runner.KEPT_KEY, [])
+        if kept:
+            lines.append("kept files (--isolate-keep; an upper layer per test):")
+            lines.extend(f"  {nodeid}: {path}" for nodeid, path in kept)
         if lines:
             terminalreporter.write_sep("=", "isolated tests (pytest-isolate)")
             for line in lines:

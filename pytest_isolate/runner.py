@@ -24,8 +24,11 @@ import contextlib
 import faulthandler
 import importlib
 import os
+import re
+import shutil
 import time
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -154,6 +157,8 @@ def _start(item: pytest.Item, settings: ItemSettings | SettingError, options: Op
     with _captured(item, "setup"):
         pp.prepare_wider_fixtures(item)
     spec = settings.spec
+    if options.keep != "never":
+        spec = replace(spec, keep_dir=_fresh_keep_dir(item))
     item.stash[ACTIVE_KEY] = settings
     try:
         return rt.start(spec, _child, item, scratch, time.monotonic(), spec.resources.timeout)
@@ -162,6 +167,55 @@ def _start(item: pytest.Item, settings: ItemSettings | SettingError, options: Op
         raise  # not reached
     finally:
         del item.stash[ACTIVE_KEY]
+
+
+KEEP_ROOT = "/dev/shm/pytest-isolate-keep-{uid}"  # tmpfs, not the root filesystem (see rootfs)
+
+
+def _keep_dir(item: pytest.Item) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid)[-200:]
+    return os.path.join(KEEP_ROOT.format(uid=os.getuid()), name)
+
+
+def remove_tree(path: str) -> None:
+    if not os.path.lexists(path):
+        return
+    for root, dirs, _ in os.walk(path):  # overlay work dirs are mode 000: open them first
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(root, d), 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _fresh_keep_dir(item: pytest.Item) -> str:
+    path = _keep_dir(item)
+    remove_tree(path)  # an earlier run's files for this test
+    os.makedirs(path, mode=0o700)
+    return path
+
+
+def _settle_keep_dir(item: pytest.Item, spec, reports, keep: str) -> None:
+    """--isolate-keep: drop a passed test's files under `failed`; else say where they are."""
+    path = spec.keep_dir
+    if path is None:
+        return
+    failed = any(r.failed for r in reports.values())
+    if keep == "failed" and not failed:
+        remove_tree(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))  # only when no other test's files are kept
+        return
+    remove_tree(os.path.join(path, "w"))  # overlay's scratch, of no use to anyone
+    target = reports.get("call") or reports["setup"]
+    target.sections.append(("pytest-isolate: kept files",
+                            f"what the test wrote is under {path}/u: one overlay upper layer "
+                            f"per directory, listed in {path}/layers (deletions are 0/0 "
+                            "character devices)"))
+    kept = item.config.stash.setdefault(KEPT_KEY, [])
+    kept.append((item.nodeid, path))
+
+
+KEPT_KEY = pytest.StashKey[list]()
 
 
 def _frames(scratch: _Scratch) -> list[dict]:
@@ -289,6 +343,7 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
                 exit_frame = frame
         if result is not None:
             _complete(item, reports, result, spec, scratch)
+            _settle_keep_dir(item, spec, reports, options.keep)
     for when in ("setup", "call"):
         if when in reports:
             ihook.pytest_runtest_logreport(report=reports[when])

@@ -344,7 +344,7 @@ def _init_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: s
         # Fork the workload now: its fork and copy-on-write faults overlap the mounting below
         # on another CPU. pivot_root moves its root and cwd along; it waits for "go".
         pid = _fork_workload(spec, workload, result_w, keep, forward, go_r, go_w)
-    root = rootfs.prepare_scratch()
+    root = rootfs.prepare_scratch(spec.keep_dir)
     if spec.rootfs:
         rootfs.mount_image_root(root, spec.rootfs, userns)
         rootfs.mount_tmp(root)

@@ -23,6 +23,7 @@ from . import syscalls as sc
 from .errors import SetupError, hint_for
 
 SCRATCH = "/dev/shm"
+LAYER_MAP = f"{SCRATCH}/layers"  # only with Spec.keep_dir: "u/<n> TAB <path in the container>"
 SPECIAL_TOP = ("proc", "sys", "dev")  # rebuilt fresh, never taken from the host
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
@@ -247,12 +248,20 @@ def remount_readonly(target: str, extra: int = 0) -> None:
     _mount("remount read-only", None, target, None, flags)
 
 
-def prepare_scratch() -> str:
-    """Make every mount private, then put a tmpfs for the new root and upper layers on SCRATCH."""
+def prepare_scratch(keep_dir: str | None = None) -> str:
+    """Make every mount private, then put a tmpfs for the new root and upper layers on SCRATCH,
+    or bind keep_dir there so the upper layers (what the container wrote) outlive it. keep_dir
+    must not be on the root filesystem: an upper inside the lower "/" is an overlap overlayfs
+    refuses; the host's /dev/shm is a tmpfs that the container's fresh /dev hides anyway."""
     _mount("make mounts private", None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    _mount("mount scratch tmpfs", "pti-scratch", SCRATCH, "tmpfs", sc.MS_NOSUID, "mode=755")
+    if keep_dir:
+        _mount("bind keep directory", keep_dir, SCRATCH, None, sc.MS_BIND)
+    else:
+        _mount("mount scratch tmpfs", "pti-scratch", SCRATCH, "tmpfs", sc.MS_NOSUID, "mode=755")
     for d in ("root", "u", "w"):
         os.mkdir(f"{SCRATCH}/{d}")
+    if keep_dir:
+        open(LAYER_MAP, "w").close()  # _overlay notes which upper dir belongs to which path
     return f"{SCRATCH}/root"
 
 
@@ -264,6 +273,9 @@ def _overlay(target: str, lower: str, index: int, userns: bool) -> None:
     if userns:
         data += ",userxattr"
     _mount("mount overlay", "pti-overlay", target, "overlay", 0, data)
+    if os.path.exists(LAYER_MAP):
+        with open(LAYER_MAP, "a") as f:
+            f.write(f"u/{index}\t{target.removeprefix(SCRATCH + '/root') or '/'}\n")
 
 
 SMALL_FILE = 64 * 1024  # files up to this size are copied (writable); larger ones bound ro

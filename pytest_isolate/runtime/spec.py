@@ -83,6 +83,9 @@ class Spec:
     resources: Resources = field(default_factory=Resources)
     userns: bool | None = None  # None: a user namespace exactly when not root
     time_offsets: TimeOffsets | None = None  # a time namespace with these offsets
+    # An empty directory (not on the root filesystem, e.g. under /dev/shm) that receives the
+    # upper layers, so what the container wrote can be inspected after it ends.
+    keep_dir: str | None = None
 
     def wants_userns(self) -> bool:
         return self.userns if self.userns is not None else os.geteuid() != 0
@@ -185,9 +188,21 @@ def _check_time_offsets(spec: Spec) -> dict:
     return {}
 
 
+def _check_keep_dir(spec: Spec) -> dict:
+    k = spec.keep_dir
+    if k is None:
+        return {}
+    if not isinstance(k, str) or not os.path.isdir(k) or os.listdir(k):
+        raise SpecError("keep_dir", k, "an existing empty directory")
+    if os.stat(k).st_dev == os.stat("/").st_dev:
+        raise SpecError("keep_dir", k, "a directory outside the root filesystem (overlayfs "
+                        "refuses an upper layer inside its lower '/'), e.g. under /dev/shm")
+    return {"keep_dir": os.path.abspath(k)}
+
+
 CHECKS: tuple[Callable[[Spec], dict], ...] = (
     _check_hostname, _check_network, _check_rootfs, _check_env, _check_workdir,
-    _check_resources, _check_time_offsets,
+    _check_resources, _check_time_offsets, _check_keep_dir,
 )
 
 

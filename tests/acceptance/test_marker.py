@@ -3,7 +3,9 @@ classes and modules, precedence, bad values."""
 
 from __future__ import annotations
 
+import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -362,3 +364,40 @@ def test_coverage_counts_lines_run_inside(pytester):
                                            "--cov-report=term-missing")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["mod.py * 4 * 1 * 75%*4"])  # only `return "other"` missed
+
+
+@pytest.mark.parametrize("keep", ["failed", "always"])
+def test_isolate_keep_leaves_what_the_test_wrote(pytester, keep):
+    import glob
+
+    from pytest_isolate.runner import remove_tree
+
+    result = run(pytester, """
+        import pytest
+        pytestmark = pytest.mark.isolated
+
+        def test_writes_and_fails():
+            with open("/etc/pti-kept-marker", "w") as f:
+                f.write("written inside")
+            assert False
+
+        def test_writes_and_passes():
+            with open("/etc/pti-kept-marker", "w") as f:
+                f.write("written inside")
+    """, f"--isolate-keep={keep}")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*kept files (--isolate-keep*",
+                                 "*test_writes_and_fails: /dev/shm/pytest-isolate-keep-*"])
+    kept = {}
+    for name in ("test_writes_and_fails", "test_writes_and_passes"):
+        dirs = glob.glob(f"/dev/shm/pytest-isolate-keep-{os.getuid()}/test_it.py_{name}")
+        kept[name] = bool(dirs)
+        for d in dirs:
+            layers = dict(line.split("\t")[::-1] for line in
+                          Path(d, "layers").read_text().splitlines())
+            upper = layers.get("/etc") or layers["/"] + "/etc"  # rootless: one per directory
+            assert Path(d, upper, "pti-kept-marker").read_text() == "written inside"
+            remove_tree(d)
+    os.rmdir(f"/dev/shm/pytest-isolate-keep-{os.getuid()}")
+    assert kept == {"test_writes_and_fails": True, "test_writes_and_passes": keep == "always"}
+    assert not os.path.exists("/etc/pti-kept-marker")
