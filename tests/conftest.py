@@ -36,6 +36,24 @@ def can_contain() -> tuple[bool, str]:
     return True, ""
 
 
+NO_DELEGATION = "rootless: no writable cgroup here (cgroup v1 has no delegation to users)"
+
+
+def require_containers() -> None:
+    ok, reason = can_contain()
+    require(ok, reason)
+
+
+def require_caps() -> None:
+    """Writable cpu, memory and pids controllers; rootless on cgroup v1 skips (even strict)."""
+    from pytest_isolate.runtime.cgroups import writable_controllers
+
+    if os.geteuid() != 0 and not writable_controllers():
+        pytest.skip(NO_DELEGATION)
+    require({"cpu", "memory", "pids"} <= writable_controllers(),
+            "writable cpu, memory and pids cgroup controllers")
+
+
 def sleeps_with(marker: str) -> list[int]:
     """Pids of running `sleep 1000<marker>` processes (argv matched exactly, so the command
     line of whoever started them never counts)."""

@@ -2,13 +2,12 @@ import os
 
 import pytest
 
-from tests.conftest import can_contain, require
+from tests.conftest import require_containers
 
 
 @pytest.fixture(autouse=True)
 def _needs_containers():
-    ok, reason = can_contain()
-    require(ok, reason)
+    require_containers()
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ import pytest
 
 from pytest_isolate.runtime import Resources, Spec, UnsupportedError, run, run_command
 from pytest_isolate.runtime.cgroups import own_cgroup_dirs, writable_controllers
-from tests.conftest import require, sleeps_with
-
-NO_DELEGATION = "rootless: no writable cgroup here (cgroup v1 has no delegation to users)"
+from tests.conftest import require_caps, sleeps_with
 
 
 def _our_cgroups(owner: int | None = None) -> list[str]:
@@ -26,10 +24,7 @@ def _our_cgroups(owner: int | None = None) -> list[str]:
 
 @pytest.fixture
 def caps():
-    if os.geteuid() != 0 and not writable_controllers():
-        pytest.skip(NO_DELEGATION)
-    require({"cpu", "memory", "pids"} <= writable_controllers(),
-            "writable cpu, memory and pids cgroup controllers")
+    require_caps()
     yield
     assert _our_cgroups() == [], "a cgroup outlived its container"
 
