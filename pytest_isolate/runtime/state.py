@@ -9,6 +9,7 @@ mounts live and die in their own mount namespace.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import os
@@ -48,9 +49,21 @@ def ensure_owner_lock() -> str:
     fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     _lock_fd, _lock_pid = fd, os.getpid()
+    atexit.register(_release, path, os.getpid())
     if first:
         cleanup_stale()
     return path
+
+
+def _release(path: str, pid: int) -> None:
+    """At a normal exit: every container is gone, so the lock file goes too (and the state
+    directory when it is empty). Forked children leave through os._exit and never get here."""
+    if os.getpid() != pid:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(path))
 
 
 def owner_alive(pid: int) -> bool:
