@@ -36,7 +36,7 @@ import pytest
 from . import coverage_bridge, reporting
 from . import pytest_private as pp
 from .runtime import container as rt
-from .runtime.channel import FrameReader, write_frame
+from .runtime.channel import read_all_frames, write_frame
 from .runtime.errors import IsolationError, SetupError, UnsupportedError
 from .runtime.result import Result
 from .settings import ItemSettings, Options, SettingError
@@ -219,15 +219,9 @@ KEPT_KEY = pytest.StashKey[list]()
 
 
 def _frames(scratch: _Scratch) -> list[dict]:
-    data = _Scratch.read(scratch.reports)
-    try:
-        return FrameReader().feed(data)
-    except ValueError:  # a frame cut short when the process was killed mid-write
-        reader, frames = FrameReader(), []
-        with contextlib.suppress(ValueError):
-            for i in range(0, len(data)):
-                frames.extend(reader.feed(data[i:i + 1]))
-        return frames
+    # A frame cut short by a kill stays pending in the reader and is dropped.
+    os.lseek(scratch.reports, 0, os.SEEK_SET)
+    return read_all_frames(scratch.reports)
 
 
 def _report_from_json(config: pytest.Config, data: dict) -> pytest.TestReport:

@@ -127,14 +127,13 @@ def _from_text(arg: str, text: str) -> object:
     return text
 
 
-def _choice(config: pytest.Config, opt: str, ini: str | None, choices: tuple[str, ...],
-            default: str) -> str:
-    value = config.getoption(opt)
+def _choice(config: pytest.Config, opt: str | None, ini: str | None,
+            choices: tuple[str, ...], default: str) -> str:
+    """A choice from the command line (argparse checks it), else the ini (checked here)."""
+    value = config.getoption(opt) if opt else None
     if value is not None:
         return value
-    if ini is None:
-        return default
-    text = config.getini(ini)
+    text = config.getini(ini) if ini else None
     if not text:
         return default
     if text not in choices:
@@ -160,16 +159,9 @@ def read_options(config: pytest.Config) -> Options:
         defaults[arg] = Setting(value, source)
     return Options(mode=_choice(config, "isolate_mode", None, MODES, "marked"),
                    keep=_choice(config, "isolate_keep", None, KEEP, "never"),
-                   unsupported=_unsupported(config),
+                   unsupported=_choice(config, None, "isolate_unsupported", UNSUPPORTED,
+                                       "fail"),
                    defaults=defaults)
-
-
-def _unsupported(config: pytest.Config) -> str:
-    text = config.getini("isolate_unsupported") or "fail"
-    if text not in UNSUPPORTED:
-        raise pytest.UsageError(f"ini isolate_unsupported = {text!r}: expected one of "
-                                f"{', '.join(UNSUPPORTED)}")
-    return text
 
 
 def _marker_source(node: pytest.Item | pytest.Collector, item: pytest.Item) -> str:
