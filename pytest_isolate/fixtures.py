@@ -1,10 +1,13 @@
 """Fixtures for users' tests.
 
-Rule: fixtures are thin; the work is in runtime/ and runner.py.
+Rule: fixtures are thin; the work is in runtime/ and runner.py. Whatever a fixture creates
+is gone when its test ends, whatever the outcome.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -23,6 +26,17 @@ class Isolation:
     def resources(self):
         return self.spec.resources
 
+    @property
+    def ip(self) -> str | None:
+        """network="veth": this container's address on eth0 (else None)."""
+        return os.environ.get("PYTEST_ISOLATE_IP")
+
+    @property
+    def host_ip(self) -> str | None:
+        """network="veth": the host side of the link, where servers of wider-scoped fixtures
+        (which run on the host) are reachable; else None."""
+        return os.environ.get("PYTEST_ISOLATE_HOST_IP")
+
 
 @pytest.fixture
 def isolation(request: pytest.FixtureRequest) -> Isolation:
@@ -34,3 +48,34 @@ def isolation(request: pytest.FixtureRequest) -> Isolation:
         pytest.skip("the isolation fixture is only available in isolated tests "
                     "(mark the test @pytest.mark.isolated or run with --isolate=all)")
     return Isolation(spec=active.spec, sources=dict(active.sources))
+
+
+@pytest.fixture
+def veth_pair() -> Iterator:
+    """Two network namespaces, `a` and `b`, joined by one veth link (eth0 on each side, with
+    addresses `a.ip` and `b.ip`). `with veth_pair.a:` moves the current thread into a (root);
+    `a.socket()`, `a.run([...])`, `a.spawn([...])` work as root and rootless;
+    `veth_pair.impair(delay="50ms", loss=0.05)` shapes both ends, `a.impair(...)` one."""
+    from .runtime.network import VethPair
+
+    with VethPair() as pair:
+        yield pair
+
+
+@pytest.fixture
+def network() -> Iterator[Callable]:
+    """Factory: `net = network(3)` makes a bridge and three member namespaces (`net[0]`...)
+    with addresses from one subnet; `net.impair(net[1], delay="20ms")` impairs a member's link
+    both ways. Every network made is removed when the test ends."""
+    from .runtime.network import Network
+
+    made: list[Network] = []
+
+    def make(members: int = 2) -> Network:
+        net = Network(members)
+        made.append(net)
+        return net
+
+    yield make
+    for net in reversed(made):
+        net.close()

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from . import reporting, runner, settings
-from .fixtures import isolation  # noqa: F401  (registers the fixture)
+from .fixtures import isolation, network, veth_pair  # noqa: F401  (registers the fixtures)
 
 OPTIONS = pytest.StashKey[settings.Options]()
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from .runtime.errors import SpecError
+from .runtime.network.leases import DEFAULT_POOL, set_pool
 from .runtime.spec import Resources, Spec, validate
 
 MODES = ("marked", "all", "off")
@@ -27,7 +28,9 @@ MARKER_ARGS: dict[str, str] = {
     "memory": "memory cap, bytes or a size like 64M or 1.5G (swap is capped too)",
     "pids": "most processes and threads at once (>= 2)",
     "timeout": "seconds of wall time for setup, call and teardown; then every process dies",
-    "network": '"none" (only lo, the default) or "host" (the host\'s network namespace)',
+    "network": '"none" (only lo, the default), "veth" (eth0 linked to the host, which is '
+               'reachable at isolation.host_ip; root only) or "host" (the host\'s network '
+               'namespace)',
     "hostname": "the container's hostname (default: isolated)",
     "env": "a dict of environment variables added inside",
     "rootfs": "a directory to use as the root filesystem instead of the host's",
@@ -96,6 +99,8 @@ def add_options(parser: pytest.Parser) -> None:
                       default=None)
     parser.addini("isolate_unsupported", "when this host cannot isolate a test: fail "
                   "(default) or skip it, with the reason and the fix", default=None)
+    parser.addini("isolate_subnet_pool", "IPv4 range that links' subnets are leased from "
+                  f"(shared by xdist workers; default {DEFAULT_POOL})", default=None)
 
 
 def _check_value(arg: str, value: object) -> tuple[Any, str | None]:
@@ -157,6 +162,13 @@ def read_options(config: pytest.Config) -> Options:
         if expected is not None:
             raise pytest.UsageError(f"{source}={raw!r}: expected {expected}")
         defaults[arg] = Setting(value, source)
+    pool = config.getini("isolate_subnet_pool")
+    if pool:
+        try:
+            set_pool(str(pool))
+        except SpecError as e:
+            raise pytest.UsageError(f"ini isolate_subnet_pool = {pool!r}: expected "
+                                    f"{e.expected}") from None
     return Options(mode=_choice(config, "isolate_mode", None, MODES, "marked"),
                    keep=_choice(config, "isolate_keep", None, KEEP, "never"),
                    unsupported=_choice(config, None, "isolate_unsupported", UNSUPPORTED,

@@ -68,3 +68,21 @@ def sleeps_with(marker: str) -> list[int]:
             except OSError:  # gone meanwhile
                 pass
     return found
+
+
+def netem_available() -> bool:
+    from pytest_isolate.runtime.network import probe_netem
+
+    return probe_netem() is None
+
+
+def require_netem() -> None:
+    """netem runs where the kernel has it: strictly in the UML lane, which sets
+    PYTEST_ISOLATE_LANE=uml; elsewhere (the development kernel has no sch_netem) it skips."""
+    from pytest_isolate.runtime.network import probe_netem
+
+    missing = probe_netem()
+    if missing and os.environ.get("PYTEST_ISOLATE_LANE") == "uml":
+        require(False, missing)
+    if missing:
+        pytest.skip(missing)

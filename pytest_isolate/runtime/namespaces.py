@@ -7,27 +7,31 @@ Rule: step functions take explicit arguments, raise SetupError, and never call e
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import socket
-import struct
 from collections.abc import Iterator
 
 from . import syscalls as sc
 from .errors import SetupError, hint_for
 from .spec import Spec
 
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
-
 
 def namespace_flags(spec: Spec) -> int:
     """The namespaces pid 1 lives in (user and time are handled by their own steps)."""
     flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
-    if spec.network != "host":
+    if spec.network == "none":  # "veth" joins a namespace made ready by the parent
         flags |= sc.CLONE_NEWNET
     return flags
+
+
+def join_network_namespace(fd: int | None) -> None:
+    """Enter the namespace the parent prepared (network="veth"), then let go of the fd."""
+    if fd is None:
+        return
+    try:
+        sc.setns(fd, sc.CLONE_NEWNET)
+    except OSError as e:
+        raise SetupError("setns", "network namespace", e.errno, str(e)) from None
+    os.close(fd)
 
 
 def unshare_namespaces(flags: int) -> None:
@@ -104,11 +108,7 @@ def set_hostname(name: str) -> None:
 
 
 def bring_up_loopback() -> None:
-    """ioctl instead of netlink: no import of pyroute2 on the hot path."""
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            ifreq = struct.pack("16sH14x", b"lo", 0)
-            flags = struct.unpack("16sH14x", fcntl.ioctl(s, _SIOCGIFFLAGS, ifreq))[1]
-            fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+        sc.set_link_up("lo")
     except OSError as e:
         raise SetupError("link up", "lo", e.errno, str(e)) from None

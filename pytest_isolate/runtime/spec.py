@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import SpecError
 
-NETWORK_MODES = ("none", "host")
+NETWORK_MODES = ("none", "host", "veth")
 HOSTNAME_MAX = 64  # HOST_NAME_MAX on Linux
 MEMORY_FLOOR = 4 * 1024 * 1024  # below this even pid 1 (a Python process) cannot start
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -76,7 +76,9 @@ class Spec:
     """One container. Defaults give a hermetic copy-on-write view of the host root."""
 
     hostname: str = "isolated"
-    network: str = "none"  # "none": only lo; "host": the host's network namespace
+    # "none": only lo; "host": the host's network namespace; "veth": lo and eth0, a veth link
+    # to the host (root only), addresses in PYTEST_ISOLATE_IP / PYTEST_ISOLATE_HOST_IP inside
+    network: str = "none"
     rootfs: str | None = None  # None: copy-on-write view of the host root; else a directory
     env: Mapping[str, str] = field(default_factory=dict)  # added to the inherited environment
     workdir: str | None = None  # None: the caller's cwd (host root) or "/" (rootfs)

@@ -102,9 +102,11 @@ def cleanup_stale() -> list[str]:
             if name.endswith(".lock") and name[:-5].isdigit():
                 owners.add(int(name[:-5]))
     from .cgroups import remove_stale, stale_owner_pids
+    from .network import leases, topology  # no pyroute2 unless a dead run left a link
 
-    register_cleaner(remove_stale)
-    owners |= stale_owner_pids()
+    for cleaner in (remove_stale, leases.remove_stale, topology.remove_stale_links):
+        register_cleaner(cleaner)
+    owners |= stale_owner_pids() | set(leases.leases().values()) | topology.stale_link_owners()
     for pid in sorted(owners):
         if pid == os.getpid() or owner_alive(pid):
             continue

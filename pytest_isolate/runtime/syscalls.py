@@ -110,3 +110,25 @@ def sethostname(name: str) -> None:
     import socket
 
     socket.sethostname(name)
+
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def set_link_up(ifname: str) -> None:
+    """Bring an interface of the calling thread's network namespace up: an ioctl, so the hot
+    path (lo in every container) never imports pyroute2."""
+    import fcntl
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            ifreq = struct.pack("16sH14x", ifname.encode(), 0)
+            flags = struct.unpack("16sH14x", fcntl.ioctl(s, _SIOCGIFFLAGS, ifreq))[1]
+            fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14x", ifname.encode(),
+                                                      flags | _IFF_UP))
+    except OSError as e:
+        raise OSError(e.errno, f"set_link_up({ifname!r}): {e.strerror}") from None

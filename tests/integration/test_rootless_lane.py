@@ -24,7 +24,9 @@ NOBODY = 65534
 REPO = Path(__file__).resolve().parents[2]
 # What rootless cannot do, and so may skip in that run (anything else must pass).
 ALLOWED_SKIPS = ("rootless: mounting a tmpfs on the host needs root",
-                 "rootless: no writable cgroup here (cgroup v1 has no delegation to users)")
+                 "rootless: no writable cgroup here (cgroup v1 has no delegation to users)",
+                 "netem impairments (delay, jitter, loss, duplicate, reorder, corrupt): this "
+                 "kernel has no netem qdisc (module sch_netem, CONFIG_NET_SCH_NETEM)")
 
 
 def test_integration_and_acceptance_pass_as_nobody():

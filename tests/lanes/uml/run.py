@@ -23,7 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 KERNEL = "/usr/bin/linux"
-PASS_ENV = ("PATH", "PYTHONPATH", "PYTEST_ISOLATE_STRICT", "PYTHONDONTWRITEBYTECODE", "LANG")
+PASS_ENV = ("PATH", "PYTHONPATH", "PYTEST_ISOLATE_STRICT", "PYTEST_ISOLATE_LANE",
+            "PYTHONDONTWRITEBYTECODE", "LANG")
 
 
 def available() -> str | None:

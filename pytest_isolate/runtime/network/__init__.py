@@ -1,0 +1,36 @@
+"""Network namespaces joined by veth pairs and bridges, with tc impairments (pyroute2).
+
+Rule: importing this package does not import pyroute2 (0.2-0.3 s); the first link does.
+
+    from pytest_isolate.runtime.network import VethPair, Network
+    with VethPair() as pair:                    # namespaces a and b, eth0 on both sides
+        pair.impair(delay="50ms", loss=0.05)    # netem on both ends
+        with pair.a:                            # this thread enters a: sockets made here live there
+            server = socket.create_server((pair.a.ip, 0))
+"""
+
+from .impairment import Impairment
+from .leases import DEFAULT_POOL, Subnet, set_pool
+from .netns import NetNamespace, Pod
+from .topology import Endpoint, HostLink, Network, VethPair
+
+__all__ = [
+    "DEFAULT_POOL",
+    "Endpoint",
+    "HostLink",
+    "Impairment",
+    "NetNamespace",
+    "Network",
+    "Pod",
+    "Subnet",
+    "VethPair",
+    "probe_netem",
+    "set_pool",
+]
+
+
+def probe_netem() -> str | None:
+    """None when netem works here, else what is missing (tries it on lo of a new namespace)."""
+    from .topology import probe_netem as probe
+
+    return probe()

@@ -1,0 +1,266 @@
+"""Network namespaces held by file descriptors, entered per thread, and the rootless "pod".
+
+Rule: a namespace lives exactly as long as its fd (and whatever runs inside): nothing is
+bind-mounted under /run/netns, so a crashed run leaves no namespace behind. Entering is per
+thread (`setns` on the calling thread), so `with ns:` moves only the current thread and puts
+it back. Without root the namespaces belong to one user namespace, the pod, held by its fd;
+work inside them runs in a forked helper that joins the pod first (`in_owner`), because a
+process outside the pod cannot `setns` into its namespaces (see docs/explanation/network.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from .. import syscalls as sc
+from ..errors import SetupError, SpecError, UnsupportedError
+
+_tls = threading.local()
+# Set in a pod helper: it joined a user namespace that has no rights over the namespace it
+# came from, so it cannot (and need not: it exits soon) go back after entering one.
+_one_way = False
+
+
+def _own_netns() -> int:
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+@contextlib.contextmanager
+def entered(fd: int) -> Iterator[None]:
+    """Move the calling thread into the network namespace `fd`, and back afterwards."""
+    back = _own_netns()
+    try:
+        try:
+            sc.setns(fd, sc.CLONE_NEWNET)
+        except OSError as e:
+            raise SetupError("setns", "network namespace", e.errno, str(e),
+                             "entering needs root (rootless: use ns.socket(), ns.run() or "
+                             "ns.spawn(), which work through the pod)") from None
+        try:
+            yield
+        finally:
+            if not _one_way:
+                sc.setns(back, sc.CLONE_NEWNET)
+    finally:
+        os.close(back)
+
+
+def new_netns_fd() -> int:
+    """Create a network namespace; return an fd holding it. The calling thread stays put."""
+    back = _own_netns()
+    try:
+        try:
+            sc.unshare(sc.CLONE_NEWNET)
+        except OSError as e:
+            raise SetupError("unshare", "network namespace", e.errno, str(e),
+                             "run as root, or create the namespaces in a Pod (rootless)") from None
+        try:
+            fd = _own_netns()
+        finally:
+            if not _one_way:
+                sc.setns(back, sc.CLONE_NEWNET)
+    finally:
+        os.close(back)
+    return fd
+
+
+class Pod:
+    """Rootless: a user namespace (mapping only the caller's ids) that owns the namespaces.
+
+    Links can only join namespaces of one user namespace without root, so a pair or a
+    bridge network made without root shares one pod.
+    """
+
+    def __init__(self) -> None:
+        def make() -> tuple[Any, list[int]]:
+            from ..namespaces import enter_user_namespace
+
+            enter_user_namespace(os.geteuid(), os.getegid())
+            return None, [os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC)]
+
+        _, fds = _in_child(make, join=None)
+        self.fd: int | None = fds[0]
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def in_owner(pod: Pod | None, fn: Callable[[], tuple[Any, list[int]]]) -> tuple[Any, list[int]]:
+    """Run `fn` where it may create and configure the namespaces: this thread as root, else a
+    forked helper inside the pod. `fn` returns (a JSON value, fds to hand back)."""
+    if pod is None:
+        return fn()
+    return _in_child(fn, join=pod.fd)
+
+
+def _in_child(fn: Callable[[], tuple[Any, list[int]]], join: int | None) -> tuple[Any, list[int]]:
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the helper
+        global _one_way
+        _one_way = True
+        code = 1
+        try:
+            parent_end.close()
+            if join is not None:
+                sc.setns(join, sc.CLONE_NEWUSER)
+            value, fds = fn()
+            socket.send_fds(child_end, [json.dumps({"ok": value}).encode()], fds)
+            code = 0
+        except BaseException as e:
+            err = {"type": type(e).__name__, "text": str(e), "tb": traceback.format_exc()}
+            if isinstance(e, SetupError):
+                err["setup"] = e.to_frame()
+            elif isinstance(e, UnsupportedError):
+                err["unsupported"] = [e.what, e.why, e.fix]
+            elif isinstance(e, SpecError):
+                err["spec"] = [e.field, repr(e.value), e.expected]
+            with contextlib.suppress(OSError):
+                child_end.sendall(json.dumps({"error": err}).encode())
+        finally:
+            os._exit(code)
+    child_end.close()
+    try:
+        msg, fds, _, _ = socket.recv_fds(parent_end, 1 << 20, 64)
+        chunks = [msg]
+        while msg:
+            msg = parent_end.recv(1 << 20)
+            chunks.append(msg)
+    finally:
+        parent_end.close()
+        os.waitpid(pid, 0)
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    reply = json.loads(b"".join(chunks) or b'{"error": {"type": "?", "text": "helper died"}}')
+    if "error" in reply:
+        err = reply["error"]
+        if "setup" in err:
+            raise SetupError.from_frame(err["setup"])
+        if "unsupported" in err:
+            raise UnsupportedError(*err["unsupported"])
+        if "spec" in err:
+            raise SpecError(*err["spec"])
+        raise SetupError("pod helper", "network namespace", None,
+                         f"{err['type']}: {err['text']}\n{err.get('tb', '')}")
+    return reply["ok"], fds
+
+
+class NetNamespace:
+    """A network namespace. `with ns:` moves the current thread in (root only); `socket`,
+    `run` and `spawn` work as root and rootless."""
+
+    def __init__(self, fd: int, pod: Pod | None = None, name: str = "") -> None:
+        self.fd: int | None = fd
+        self.pod = pod
+        self.name = name
+
+    # -- entering ------------------------------------------------------------------------
+
+    def __enter__(self) -> NetNamespace:
+        if self.pod is not None:
+            raise UnsupportedError(
+                f"entering network namespace {self.name!r} from this thread",
+                "without root a process cannot setns into a namespace owned by a user "
+                "namespace it is not in",
+                "use ns.socket(...), ns.run([...]) or ns.spawn([...]), or run as root")
+        stack = getattr(_tls, "stack", None)
+        if stack is None:
+            stack = _tls.stack = []
+        cm = entered(self._fd())
+        cm.__enter__()
+        stack.append(cm)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _tls.stack.pop().__exit__(*exc)
+
+    def _fd(self) -> int:
+        if self.fd is None:
+            raise ValueError(f"network namespace {self.name!r} is closed")
+        return self.fd
+
+    # -- working inside ------------------------------------------------------------------
+
+    def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM,
+               proto: int = 0) -> socket.socket:
+        """A socket that lives in this namespace (whatever thread uses it later)."""
+        if self.pod is None:
+            with entered(self._fd()):
+                return socket.socket(family, type, proto)
+        fd = self._fd()
+
+        def make() -> tuple[Any, list[int]]:
+            sc.setns(fd, sc.CLONE_NEWNET)
+            s = socket.socket(family, type, proto)
+            return None, [s.detach()]  # detach: the fd must outlive the object
+
+        _, fds = _in_child(make, join=self.pod.fd)
+        return socket.socket(fileno=fds[0])
+
+    def _preexec(self) -> Callable[[], None]:
+        fd, pod_fd = self._fd(), (self.pod.fd if self.pod else None)
+
+        def enter() -> None:
+            if pod_fd is not None:
+                sc.setns(pod_fd, sc.CLONE_NEWUSER)
+            sc.setns(fd, sc.CLONE_NEWNET)
+        return enter
+
+    def spawn(self, argv: Sequence[str], **popen: Any) -> subprocess.Popen:
+        """Start argv inside (subprocess.Popen keywords apply); returns the Popen."""
+        if isinstance(argv, (str, bytes)) or not argv:
+            raise TypeError("argv: a non-empty list of str, e.g. ['ip', 'addr']")
+        return subprocess.Popen(list(argv), preexec_fn=self._preexec(), **popen)
+
+    def run(self, argv: Sequence[str], input: bytes | str | None = None,
+            timeout: float | None = None, check: bool = False,
+            **popen: Any) -> subprocess.CompletedProcess:
+        """Run argv inside and wait; output is captured (subprocess.run semantics)."""
+        popen.setdefault("capture_output", True)
+        if isinstance(argv, (str, bytes)) or not argv:
+            raise TypeError("argv: a non-empty list of str, e.g. ['ip', 'addr']")
+        return subprocess.run(list(argv), input=input, timeout=timeout, check=check,
+                              preexec_fn=self._preexec(), **popen)
+
+    def close(self) -> None:
+        """Let go of the namespace: it and its links die once nothing else holds it (the
+        kernel does that in the background, off the caller's time)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.fd is None else f"fd {self.fd}"
+        return f"<NetNamespace {self.name!r} {state}{' rootless' if self.pod else ''}>"
+
+
+def create(names: Sequence[str], pod: Pod | None = None) -> list[NetNamespace]:
+    """New namespaces, each with lo up; made in the pod when one is given."""
+    def make() -> tuple[Any, list[int]]:
+        fds = []
+        try:
+            for _ in names:
+                fd = new_netns_fd()
+                fds.append(fd)
+                with entered(fd):
+                    sc.set_link_up("lo")
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return None, fds
+
+    _, fds = in_owner(pod, make)
+    return [NetNamespace(fd, pod, name) for fd, name in zip(fds, names, strict=True)]
+
+
