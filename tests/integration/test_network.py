@@ -87,8 +87,9 @@ def clean_network():
     """No lease of ours, no namespace fd and no new host link outlive the test."""
     links = set(os.listdir("/sys/class/net"))
     netns = _net_fds()
+    held = leases.in_use()
     yield
-    assert {k for k, v in leases.leases().items() if v == os.getpid()} == set()
+    assert leases.in_use() == held, "a subnet is still handed out"
     assert _net_fds() == netns, "a network namespace is still held"
     deadline = time.monotonic() + 5  # host links die with their peer's namespace, async
     while (set(os.listdir("/sys/class/net")) - links) and time.monotonic() < deadline:
@@ -178,7 +179,7 @@ def test_netem_is_refused_naming_the_module_where_the_kernel_lacks_it():
     if netem_available():
         pytest.skip("this kernel has netem: nothing to refuse")
     with VethPair() as pair:
-        with pytest.raises(UnsupportedError, match="sch_netem.*CONFIG_NET_SCH_NETEM"):
+        with pytest.raises(UnsupportedError, match=r"sch_netem.*CONFIG_NET_SCH_NETEM"):
             pair.impair(delay="10ms")
         srv, _ = _serve_echo(pair.a)  # the link still works, unimpaired
         with srv:
@@ -201,10 +202,10 @@ def test_200_pairs_created_and_destroyed_leave_nothing():
 def test_an_exhausted_pool_is_a_clear_error():
     try:
         leases.set_pool("198.19.255.248/29")  # room for two /30s
-        with VethPair(), VethPair():
-            with pytest.raises(UnsupportedError, match=r"(?s)198\.19\.255\.248/29 is exhausted.*"
-                               r"isolate_subnet_pool"):
-                VethPair()
+        with VethPair(), VethPair(), pytest.raises(
+                UnsupportedError, match=r"(?s)198\.19\.255\.248/29 is exhausted.*"
+                                        r"isolate_subnet_pool"):
+            VethPair()
     finally:
         leases.set_pool(leases.DEFAULT_POOL)
 
@@ -224,7 +225,7 @@ def test_a_dead_runs_leases_and_links_are_cleaned_not_reused():
         subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"],
                        check=True)
     removed = cleanup_stale()
-    assert "lease 198.18.0.0/30" in removed
+    assert "lease 198.18.0.0/30" in removed, removed
     assert dead not in leases.leases().values()
     if ROOT:
         assert f"link {name}" in removed
@@ -264,7 +265,7 @@ def _reach(addr: tuple[str, int], timeout: float = 0.5) -> str:
 
 def test_a_veth_container_reaches_the_host_side_and_nothing_beyond():
     if not ROOT:
-        with pytest.raises(UnsupportedError, match="veth link to the host.*needs root"):
+        with pytest.raises(UnsupportedError, match=r"veth link to the host.*needs root"):
             run(Spec(network="veth"), lambda: None)
         return
     srv = socket.create_server(("0.0.0.0", 0))
