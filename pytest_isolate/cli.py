@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a command in a container",
                        usage="%(prog)s [options] -- CMD [ARG ...]")
     r.add_argument("--hostname", default="isolated")
-    r.add_argument("--network", default="none", help="none (only lo) or host")
+    r.add_argument("--network", default="none",
+                   help="none (only lo), veth (eth0 linked to the host; root) or host")
     r.add_argument("--rootfs", help="a directory to use as root (default: the host's, CoW)")
     r.add_argument("--workdir", help="working directory inside the container")
     r.add_argument("--env", action="append", metavar="NAME=VALUE")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -148,23 +147,33 @@ def probe_misc() -> list[Feature]:
     seccomp = read("/proc/sys/kernel/seccomp/actions_avail")
     out.append(Feature("seccomp", seccomp is not None, "filter available" if seccomp else
                        "missing", "" if seccomp else "a kernel with CONFIG_SECCOMP_FILTER"))
-    netem = netem_available()
-    out.append(Feature("sch_netem (delay/loss)", netem, "available" if netem else
-                       "missing from this kernel",
-                       "" if netem else "modprobe sch_netem, or a kernel with "
-                       "CONFIG_NET_SCH_NETEM (impairment tests run in the UML lane)"))
+    out += probe_network()
     return out
 
 
-def netem_available() -> bool:
-    if os.path.exists("/sys/module/sch_netem"):
-        return True
-    release = platform.release()
-    for name in ("modules.dep", "modules.builtin"):
-        text = read(f"/lib/modules/{release}/{name}")
-        if text and "sch_netem.ko" in text:
-            return True
-    return False
+def probe_network() -> list[Feature]:
+    """Tried for real: a veth pair between two new namespaces, and netem on it."""
+    from .network import VethPair, probe_netem
+
+    try:
+        with VethPair() as pair:
+            detail = f"ok ({pair.subnet}{', in a user namespace' if pair.a.ns.pod else ''})"
+        veth, fix = True, ""
+    except Exception as e:  # whatever stops it is what the user needs to read
+        veth, detail, fix = False, str(e).splitlines()[0], "see the error; root helps"
+    out = [Feature("veth pairs between namespaces", veth, detail, fix)]
+    root = os.geteuid() == 0
+    out.append(Feature("veth to the host (network='veth')", root,
+                       "root" if root else "needs root in the host's network namespace",
+                       "" if root else "run as root; rootless, link namespaces to each other "
+                       "(veth_pair, network fixtures)"))
+    missing = probe_netem() if veth else "no veth pair to try it on"
+    out.append(Feature("netem impairments (delay, loss, ...)", missing is None,
+                       "available" if missing is None else missing,
+                       "" if missing is None else "modprobe sch_netem, or a kernel with "
+                       "CONFIG_NET_SCH_NETEM (this project's UML lane has it); a bare rate "
+                       "works without it (tbf)"))
+    return out
 
 
 @functools.lru_cache(maxsize=1)

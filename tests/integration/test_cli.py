@@ -42,13 +42,27 @@ def test_run_network_none_has_only_loopback():
     assert p.stdout.split() == [b"lo"]
 
 
+def test_run_network_veth_has_eth0_and_both_addresses():
+    import os
+
+    p = cli("run", "--network", "veth", "--", "sh", "-c",
+            "ls /sys/class/net; echo $PYTEST_ISOLATE_IP $PYTEST_ISOLATE_HOST_IP")
+    if os.geteuid() != 0:
+        assert p.returncode == 125 and b"needs root" in p.stderr
+        return
+    words = p.stdout.split()
+    assert words[:2] == [b"eth0", b"lo"] and words[2] != words[3], p.stdout
+
+
 def test_check_lists_every_probe_with_a_verdict():
     p = cli("check")
     assert p.returncode == 0
     out = p.stdout.decode()
     for name in ("pid namespace", "pivot_root", "overlayfs in a user namespace", "cgroup mode",
-                 "sch_netem", "time namespace", "seccomp"):
+                 "veth pairs between namespaces", "netem impairments", "time namespace",
+                 "seccomp"):
         assert name in out
+    assert "ok    veth pairs between namespaces" in out
     assert "available" in out.splitlines()[-1]
 
 
