@@ -62,10 +62,20 @@ def prepare_wider_fixtures(item: pytest.Item) -> None:
     info = getattr(item, "_fixtureinfo", None)
     if not request or info is None:
         return
-    for name in item.fixturenames:  # already ordered by scope, widest first
-        defs = info.name2fixturedefs.get(name)
-        if defs and defs[-1].scope != "function":
-            request.getfixturevalue(name)
+    state = setup_state(item)
+    active = getattr(state, "is_node_active", None)
+    if active is not None:
+        # pytest >= 9.1 treats a lookup for an item that is not on the setup stack as one made
+        # during teardown (deprecated); here the item is being set up, its collectors only.
+        state.is_node_active = lambda node: node is item or active(node)
+    try:
+        for name in item.fixturenames:  # already ordered by scope, widest first
+            defs = info.name2fixturedefs.get(name)
+            if defs and defs[-1].scope != "function":
+                request.getfixturevalue(name)
+    finally:
+        if active is not None:
+            del state.is_node_active
 
 
 def reset_request(item: pytest.Item) -> None:

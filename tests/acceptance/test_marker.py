@@ -156,6 +156,7 @@ def test_mixed_plain_and_isolated_keep_setup_state_in_step(pytester):
         def test_last(mod): pass
     """)
     result.assert_outcomes(passed=26)
+    assert "PytestRemovedIn" not in result.stdout.str()  # wider fixtures set up as pytest wants
     log = (pytester.path.parent / "basetemp" / "log")
     if not log.exists():
         log = next(pytester.path.parent.rglob("log"))

@@ -78,7 +78,7 @@ def test_a_veth_test_reaches_the_hosts_server_from_a_session_fixture(pytester):
     if ROOT:
         result.assert_outcomes(passed=2)
     else:
-        result.assert_outcomes(passed=1, failed=1)
+        result.assert_outcomes(passed=1, errors=1)  # the host cannot isolate it: a setup error
         result.stdout.fnmatch_lines(["*veth link to the host*needs root*"])
 
 
