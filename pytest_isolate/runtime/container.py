@@ -355,8 +355,8 @@ def _init_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: s
         # on another CPU. pivot_root moves its root and cwd along; it waits for "go".
         pid = _fork_workload(spec, workload, result_w, keep, forward, go_r, go_w)
     root = rootfs.prepare_scratch(spec.keep_dir)
-    if spec.rootfs:
-        rootfs.mount_image_root(root, spec.rootfs, userns)
+    if spec.layers or spec.rootfs:
+        rootfs.mount_image_root(root, spec.layers or (spec.rootfs,), userns)
         rootfs.mount_tmp(root)
     else:
         rootfs.mount_host_tree(root, plan, userns)
@@ -414,7 +414,7 @@ def _workload_stage(spec: Spec, workload, result_w: int, keep: set[int], go_r: i
 def _default_workdir(spec: Spec) -> str:
     if spec.workdir:
         return spec.workdir
-    return "/" if spec.rootfs else os.getcwd()
+    return "/" if spec.rootfs or spec.layers else os.getcwd()
 
 
 def _enter_workdir(path: str) -> None:
@@ -479,6 +479,18 @@ def _flush_stdio() -> None:
 
 # -- entry points --------------------------------------------------------------------------
 
+def resolve_image(spec: Spec) -> tuple[Spec, Any]:
+    """spec.image -> its unpacked layers, with the image's Env and WorkingDir (the spec's own
+    env and workdir win). Returns (spec, images.Image or None)."""
+    if spec.image is None or spec.layers:
+        return spec, None
+    from . import images
+
+    image = images.open_image(spec.image)
+    return replace(spec, layers=image.layers, env={**image.environment(), **spec.env},
+                   workdir=spec.workdir or image.workdir), image
+
+
 def _network_for(spec: Spec):
     """network="veth": the namespace with eth0 linked to the host, made before the fork (a
     link is created in place in 2-5 ms; moving one later costs 22-33 ms). Its addresses go
@@ -504,7 +516,7 @@ def _launch(spec: Spec, workload_factory, child_stdio: dict[int, int | None],
     """Fork the container. child_stdio maps 0/1/2 to PIPE, an fd to hand over, or None."""
     userns = spec.wants_userns()
     try:
-        plan = None if spec.rootfs else rootfs.host_plan(split=userns)
+        plan = None if spec.rootfs or spec.layers else rootfs.host_plan(split=userns)
         res = spec.resources
         cgroup = open_cgroup(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
     except BaseException:
@@ -582,6 +594,7 @@ def start(spec: Spec, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Co
     spec = validate(spec)
     if not callable(func):
         raise SpecError("func", func, "a callable to run inside the container")
+    spec, _ = resolve_image(spec)
     workdir = _default_workdir(spec)
     spec, link = _network_for(spec)
     launch = _launch(spec, lambda _ends: _function_workload(func, args, kwargs, spec, workdir),
@@ -604,6 +617,7 @@ def start_command(spec: Spec, argv: Sequence[str], stdin: int | None = None,
     spec = validate(spec)
     if isinstance(argv, (str, bytes)) or not argv or not all(isinstance(a, str) for a in argv):
         raise SpecError("argv", argv, "a non-empty list of str, e.g. ['true']")
+    spec, _ = resolve_image(spec)
     workdir = _default_workdir(spec)
     argv = tuple(argv)
     spec, link = _network_for(spec)

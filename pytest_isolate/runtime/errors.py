@@ -4,6 +4,7 @@ IsolationError
   SpecError          a value in a Spec is wrong (field, value, what is expected)
   UnsupportedError   this host cannot do what was asked (what, why, fix)
   SetupError         a kernel call failed while building a container (step, target, errno, hint)
+  ImageError         an image cannot be used as it is (which image, which entry, why, fix)
 """
 
 from __future__ import annotations
@@ -65,6 +66,21 @@ class SetupError(IsolationError):
     def from_frame(cls, frame: dict) -> SetupError:
         return cls(frame["step"], frame["target"], frame.get("errno"), frame["message"],
                    frame.get("hint", ""))
+
+
+class ImageError(IsolationError):
+    """An image (or one entry of it) is malformed, hostile or does not match its digest."""
+
+    def __init__(self, image: str, entry: str | None, why: str, fix: str = ""):
+        self.image = image
+        self.entry = entry
+        self.why = why
+        self.fix = fix
+        where = f": entry {entry!r}" if entry else ""
+        text = f"image {image}{where}: {why}"
+        if fix:
+            text += f"\nhint: {fix}"
+        super().__init__(text)
 
 
 # Hints for the errno values that setup steps commonly hit, keyed by (step, errno).

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import syscalls as sc
@@ -265,11 +266,11 @@ def prepare_scratch(keep_dir: str | None = None) -> str:
     return f"{SCRATCH}/root"
 
 
-def _overlay(target: str, lower: str, index: int, userns: bool) -> None:
+def _overlay(target: str, lower: str, index: int, userns: bool, escaped: bool = False) -> None:
     upper, work = f"{SCRATCH}/u/{index}", f"{SCRATCH}/w/{index}"
     os.mkdir(upper)
     os.mkdir(work)
-    data = f"lowerdir={_escape_layer(lower)},upperdir={upper},workdir={work}"
+    data = f"lowerdir={lower if escaped else _escape_layer(lower)},upperdir={upper},workdir={work}"
     if userns:
         data += ",userxattr"
     _mount("mount overlay", "pti-overlay", target, "overlay", 0, data)
@@ -342,8 +343,10 @@ def mount_host_tree(root: str, plan: tuple[Layer, ...], userns: bool) -> list[st
     return fallbacks
 
 
-def mount_image_root(root: str, rootfs: str, userns: bool) -> None:
-    _overlay(root, rootfs, 0, userns)
+def mount_image_root(root: str, layers: Sequence[str], userns: bool) -> None:
+    """The image's layers (bottom first) as overlay lower directories, a tmpfs upper."""
+    _overlay(root, ":".join(_escape_layer(layer) for layer in reversed(layers)), 0, userns,
+             escaped=True)
     for d in (*SPECIAL_TOP, "tmp"):
         os.makedirs(f"{root}/{d}", exist_ok=True)
 

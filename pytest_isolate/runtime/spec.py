@@ -80,6 +80,10 @@ class Spec:
     # to the host (root only), addresses in PYTEST_ISOLATE_IP / PYTEST_ISOLATE_HOST_IP inside
     network: str = "none"
     rootfs: str | None = None  # None: copy-on-write view of the host root; else a directory
+    # An image: a directory, a `docker export` tarball, an OCI layout or a `docker save`
+    # archive. Resolved (unpacked, cached) into `layers` when the container starts.
+    image: str | None = None
+    layers: tuple[str, ...] = ()  # overlay lower directories, bottom first (from `image`)
     env: Mapping[str, str] = field(default_factory=dict)  # added to the inherited environment
     workdir: str | None = None  # None: the caller's cwd (host root) or "/" (rootfs)
     resources: Resources = field(default_factory=Resources)
@@ -114,6 +118,13 @@ def _check_network(spec: Spec) -> dict:
 
 def _check_rootfs(spec: Spec) -> dict:
     r = spec.rootfs
+    if spec.image is not None:
+        if r is not None:
+            raise SpecError("image", spec.image, "either image or rootfs, not both")
+        if not isinstance(spec.image, (str, os.PathLike)) or not os.path.exists(spec.image):
+            raise SpecError("image", spec.image, "an existing directory, `docker export` "
+                            "tarball, OCI image layout or `docker save` archive")
+        return {"image": os.path.abspath(os.fspath(spec.image))}
     if r is None:
         return {}
     if not isinstance(r, (str, os.PathLike)):

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import os
 import platform
+import socket  # imported here: the steps after pivot_root may find no Python library
+import struct
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -107,8 +110,6 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 
 
 def sethostname(name: str) -> None:
-    import socket
-
     socket.sethostname(name)
 
 
@@ -120,10 +121,6 @@ _IFF_UP = 0x1
 def set_link_up(ifname: str) -> None:
     """Bring an interface of the calling thread's network namespace up: an ioctl, so the hot
     path (lo in every container) never imports pyroute2."""
-    import fcntl
-    import socket
-    import struct
-
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             ifreq = struct.pack("16sH14x", ifname.encode(), 0)
