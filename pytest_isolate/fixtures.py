@@ -79,3 +79,52 @@ def network() -> Iterator[Callable]:
     yield make
     for net in reversed(made):
         net.close()
+
+
+CONTAINERS_KEY = pytest.StashKey[list]()
+
+
+class Containers:
+    """The `containers` fixture: `start(image=None, **spec fields)` returns a running
+    `Container`; all of them stop when the test ends."""
+
+    def __init__(self, node: pytest.Item) -> None:
+        self._node = node
+        self.started: list = []
+        node.stash[CONTAINERS_KEY] = self.started
+
+    def start(self, image: str | None = None, *, cpu: float | None = None,
+              memory: int | str | None = None, pids: int | None = None,
+              timeout: float | None = None, network: str = "none",
+              hostname: str = "isolated", env: dict[str, str] | None = None,
+              mounts: dict[str, str] | None = None, workdir: str | None = None):
+        """A running container (see `pytest_isolate.runtime.live.Container`). `image`: a
+        directory, `docker export` tarball, OCI layout or `docker save` archive (None: the
+        host root, copy-on-write); `mounts`: {host path: path inside}, read-only."""
+        from .runtime.live import Container
+        from .runtime.spec import Resources
+
+        spec = Spec(image=image, hostname=hostname, network=network, env=dict(env or {}),
+                    workdir=workdir, mounts=dict(mounts or {}),
+                    resources=Resources(cpu=cpu, memory=memory, pids=pids, timeout=timeout))
+        container = Container(spec)
+        self.started.append(container)
+        return container
+
+    def stop_all(self) -> None:
+        for container in reversed(self.started):
+            container.stop(grace=2)
+
+
+@pytest.fixture
+def containers(request: pytest.FixtureRequest) -> Iterator[Containers]:
+    """Factory of long-lived containers for one test; their logs join a failed test's report."""
+    factory = Containers(request.node)
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture
+def container(containers: Containers):
+    """One container of the host root (copy-on-write), started for this test."""
+    return containers.start()

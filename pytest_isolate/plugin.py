@@ -12,7 +12,13 @@ import sys
 import pytest
 
 from . import reporting, runner, settings
-from .fixtures import isolation, network, veth_pair  # noqa: F401  (registers the fixtures)
+from .fixtures import (  # noqa: F401  (registers the fixtures)
+    container,
+    containers,
+    isolation,
+    network,
+    veth_pair,
+)
 
 OPTIONS = pytest.StashKey[settings.Options]()
 
@@ -110,3 +116,19 @@ class Summary:
             terminalreporter.write_sep("=", "isolated tests (pytest-isolate)")
             for line in lines:
                 terminalreporter.write_line(line)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test that started containers gets their logs as report sections."""
+    report = yield
+    from .fixtures import CONTAINERS_KEY
+
+    started = item.stash.get(CONTAINERS_KEY, None)
+    if started and report.failed and call.when == "call":
+        for i, c in enumerate(started):
+            text = c.logs
+            if text:
+                report.sections.append((f"container {i} logs ({c.spec.image or 'host root'})",
+                                        text))
+    return report

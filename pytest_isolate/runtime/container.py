@@ -360,6 +360,8 @@ def _init_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: s
         rootfs.mount_tmp(root)
     else:
         rootfs.mount_host_tree(root, plan, userns)
+    if spec.mounts:
+        rootfs.mount_binds(root, dict(spec.mounts))
     rootfs.mount_proc(root)
     rootfs.mount_sys(root)
     rootfs.mount_dev(root, userns)

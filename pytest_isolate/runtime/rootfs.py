@@ -351,6 +351,20 @@ def mount_image_root(root: str, layers: Sequence[str], userns: bool) -> None:
         os.makedirs(f"{root}/{d}", exist_ok=True)
 
 
+def mount_binds(root: str, mounts: dict[str, str]) -> None:
+    """Host paths bound read-only at their places inside (created in the writable root)."""
+    for source, inside in mounts.items():
+        target = root + inside
+        if os.path.isdir(source):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if not os.path.exists(target):
+                os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+        _mount("bind mount", source, target, None, sc.MS_BIND | sc.MS_REC)
+        remount_readonly(target)
+
+
 def mount_tmp(root: str) -> None:
     _mount("mount tmpfs", "tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
            "mode=1777")

@@ -84,6 +84,8 @@ class Spec:
     # archive. Resolved (unpacked, cached) into `layers` when the container starts.
     image: str | None = None
     layers: tuple[str, ...] = ()  # overlay lower directories, bottom first (from `image`)
+    # Host paths bound read-only into the container: {host path: path inside}
+    mounts: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)  # added to the inherited environment
     workdir: str | None = None  # None: the caller's cwd (host root) or "/" (rootfs)
     resources: Resources = field(default_factory=Resources)
@@ -144,6 +146,19 @@ def _check_env(spec: Spec) -> dict:
         if not isinstance(v, str) or "\0" in v:
             raise SpecError(f"env[{k!r}]", v, "a str without NUL")
     return {"env": dict(spec.env)}
+
+
+def _check_mounts(spec: Spec) -> dict:
+    if not isinstance(spec.mounts, Mapping):
+        raise SpecError("mounts", spec.mounts, "a mapping {host path: path inside}")
+    out = {}
+    for src, dst in spec.mounts.items():
+        if not isinstance(src, str) or not os.path.exists(src):
+            raise SpecError("mounts", src, "an existing host path")
+        if not isinstance(dst, str) or not dst.startswith("/") or ".." in dst.split("/"):
+            raise SpecError(f"mounts[{src!r}]", dst, "an absolute path inside, without '..'")
+        out[os.path.abspath(src)] = os.path.normpath(dst)
+    return {"mounts": out} if out else {}
 
 
 def _check_workdir(spec: Spec) -> dict:
@@ -214,7 +229,7 @@ def _check_keep_dir(spec: Spec) -> dict:
 
 
 CHECKS: tuple[Callable[[Spec], dict], ...] = (
-    _check_hostname, _check_network, _check_rootfs, _check_env, _check_workdir,
+    _check_hostname, _check_network, _check_rootfs, _check_env, _check_mounts, _check_workdir,
     _check_resources, _check_time_offsets, _check_keep_dir,
 )
 

@@ -1,0 +1,540 @@
+"""Long-lived containers: pid 1 kept alive, processes exec'd into it as `docker exec` does.
+
+Rule: a `Container` owns one `ContainerProcess` whose workload only waits (a forked Python
+function, so it needs nothing from the image). Every exec is a new process that joins the
+running container's cgroup, then its user (rootless), mount, uts, ipc, net, cgroup and pid
+namespaces, and forks once more so that the program runs as a member of the pid namespace:
+
+  caller ----fork----> helper: [wait "placed"] setns(user?, mnt, uts, ipc, net, cgroup, pid)
+                         |----fork----> program: PDEATHSIG, chdir, dup2 stdio, execve
+                         | forwards TERM/INT/..., exits with the program's status (128+N on N)
+  exec errors (no such program) come back through a close-on-exec pipe, as in subprocess.
+Files are read and written by a helper that joins the mount namespace and opens the path
+there, so symlinks in the image resolve inside the container, never on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from . import pid1
+from . import syscalls as sc
+from .cgroups import NoCgroup
+from .container import ContainerProcess, _default_workdir, resolve_image, start
+from .errors import SetupError, SpecError
+from .result import CommandResult, Stats
+from .spec import Spec, validate
+
+_NS_ORDER = ("mnt", "uts", "ipc", "net", "cgroup", "pid")  # user first, when there is one
+READY_TIMEOUT = 30.0
+
+
+def _keep_alive(ready_w: int) -> None:
+    """The container's workload: say it is up, then wait for a signal (TERM ends it)."""
+    os.write(ready_w, b"r")
+    os.close(ready_w)
+    while True:
+        signal.pause()
+
+
+class Process:
+    """A process exec'd into a container: `wait()`, `kill()`, `output` (stdout and stderr as
+    they arrived), `returncode` (None while running; -N when killed by signal N)."""
+
+    def __init__(self, container: Container, argv: tuple[str, ...], pid: int,
+                 out_r: int | None, in_w: int | None):
+        self.container = container
+        self.argv = argv
+        self.pid = pid
+        self.returncode: int | None = None
+        self._chunks: list[bytes] = []
+        self._in_w = in_w
+        self._reader: threading.Thread | None = None
+        if out_r is not None:
+            self._reader = threading.Thread(target=self._drain, args=(out_r,), daemon=True)
+            self._reader.start()
+
+    def _drain(self, fd: int) -> None:
+        with contextlib.suppress(OSError):
+            while data := os.read(fd, 65536):
+                self._chunks.append(data)
+                self.container._log(self.argv, data)
+        os.close(fd)
+
+    @property
+    def output(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._set(status)
+        return self.returncode
+
+    def _set(self, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)  # the helper relays signal N as 128+N
+        self.returncode = -(code - 128) if code > 128 else code
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None and self.returncode is None:
+            self._set(os.waitpid(self.pid, 0)[1])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{list(self.argv)} still running after {timeout}s")
+            time.sleep(0.001)
+        if self._reader is not None:
+            self._reader.join(5)
+        return self.returncode  # type: ignore[return-value]
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)  # the helper forwards it to the program
+
+    def kill(self) -> None:
+        """SIGKILL the program (then its helper, which reports the status)."""
+        if self.returncode is None:
+            program = self.container._program_pids.get(self.pid)
+            with contextlib.suppress(ProcessLookupError):
+                if program:
+                    os.kill(program, signal.SIGKILL)
+                else:
+                    os.kill(self.pid, signal.SIGKILL)
+
+
+class Container:
+    """A running container. Start it with `Container(spec)` (or the `containers` fixture).
+
+    `run`, `spawn` and `exec` start programs inside; `call` runs a Python callable inside
+    (host-root containers only); `read_file`/`write_file` go through the container's own
+    root; `stats()` reads its cgroup; `stop(grace)` sends TERM, then KILL.
+    """
+
+    def __init__(self, spec: Spec | None = None) -> None:
+        spec = validate(spec or Spec())
+        spec, self.image = resolve_image(spec)
+        self.spec = spec
+        self.workdir = _default_workdir(spec)
+        self._log_lock = threading.Lock()
+        self._logs: list[str] = []
+        self._processes: list[Process] = []
+        self._program_pids: dict[int, int | None] = {}  # helper pid -> program's host pid
+        self._stopped = False
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._proc: ContainerProcess = start(spec, _keep_alive, w)
+        finally:
+            os.close(w)
+        try:
+            self._wait_ready(r)
+        finally:
+            os.close(r)
+        self.init_pid = self._find_init()
+        self._userns = spec.wants_userns()
+        names = (("user",) if self._userns else ()) + _NS_ORDER
+        self._ns: dict[str, int] = {}
+        try:
+            for name in names:
+                self._ns[name] = os.open(f"/proc/{self.init_pid}/ns/{name}",
+                                         os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            self.stop(0)
+            raise SetupError("open namespace", f"/proc/{self.init_pid}/ns", e.errno,
+                             str(e)) from None
+
+    # -- start ------------------------------------------------------------------------------
+
+    def _wait_ready(self, r: int) -> None:
+        ready, _, _ = select.select([r], [], [], READY_TIMEOUT)
+        data = os.read(r, 1) if ready else b""
+        if data == b"r":
+            return
+        # No "ready": setup failed (the result frames say why) or it took far too long.
+        self._proc.kill()
+        self._proc.wait()  # raises the SetupError the container reported, if any
+        raise SetupError("start container", self.spec.image or self.spec.rootfs or "host root",
+                         None, f"not ready within {READY_TIMEOUT}s")
+
+    def _find_init(self) -> int:
+        pid = self._proc.pid
+        if not self.spec.wants_userns():
+            return pid  # the caller forked init itself
+        try:  # rootless: init is the only child of the outer stage
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                return int(f.read().split()[0])
+        except (OSError, IndexError, ValueError) as e:
+            raise SetupError("find init", f"children of {pid}", None, str(e)) from None
+
+    @property
+    def ip(self) -> str | None:
+        """network="veth": the container's address (else None)."""
+        return self._proc.ip
+
+    @property
+    def host_ip(self) -> str | None:
+        return self._proc.host_ip
+
+    # -- exec -------------------------------------------------------------------------------
+
+    def _env(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        return {**os.environ, **self.spec.env, **(env or {})}
+
+    def _check_argv(self, argv: Sequence[str]) -> tuple[str, ...]:
+        if isinstance(argv, (str, bytes)) or not argv or not all(isinstance(a, str)
+                                                                for a in argv):
+            raise SpecError("argv", argv, "a non-empty list of str, e.g. ['sh', '-c', 'ls']")
+        if self._stopped:
+            raise SetupError("exec", argv[0], None, "the container is stopped")
+        return tuple(argv)
+
+    def _enter(self, argv: tuple[str, ...], env: dict[str, str], workdir: str,
+               stdio: dict[int, int], body: Callable[[], None] | None = None,
+               keep_fds: Sequence[int] = ()) -> int:
+        """Fork the helper (see the module docstring); returns its pid once the program runs
+        (or raises SetupError when it could not be started)."""
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        place_r, place_w = os.pipe2(os.O_CLOEXEC)
+        cgroup = self._proc._launch.cgroup
+        placed = isinstance(cgroup, NoCgroup)  # nothing to join without caps
+        keep = {err_w, place_r, *stdio.values(), *self._ns.values(), *(keep_fds or ())}
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the helper
+            code = 125
+            try:
+                _close_all_but(keep)  # a held pipe end of another container means no EOF
+                if not placed:
+                    os.read(place_r, 1)
+                for fd in self._ns.values():  # user first: it grants the rights for the rest
+                    sc.setns(fd, 0)
+                code = _helper(argv, env, workdir, stdio, err_w, body)
+            except BaseException as e:
+                with contextlib.suppress(OSError):
+                    os.write(err_w, json.dumps({"errno": getattr(e, "errno", None),
+                                                "message": f"{type(e).__name__}: {e}"}
+                                               ).encode())
+            finally:
+                os._exit(code)
+        os.close(err_w)
+        os.close(place_r)
+        try:
+            if not placed:
+                cgroup.add_process(pid)
+            os.write(place_w, b"p")
+        finally:
+            os.close(place_w)
+        with os.fdopen(err_r, "rb") as f:
+            reply = f.read()
+        info = json.loads(reply) if reply else {}
+        if "pid" in info or (body is not None and not reply):
+            self._program_pids[pid] = info.get("pid")
+            return pid
+        os.waitpid(pid, 0)
+        raise SetupError("exec", argv[0], info.get("errno"),
+                         info.get("message", "the helper died before starting it"),
+                         "is the program in the container's root filesystem, and on its PATH?")
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str] | None = None,
+              workdir: str | None = None, stdin: bytes | None = None) -> Process:
+        """Start argv inside, in the background; its output goes to `Process.output` and to
+        the container's logs."""
+        argv = self._check_argv(argv)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC) if stdin is not None else (None, None)
+        stdio = {1: out_w, 2: out_w}
+        if in_r is not None:
+            stdio[0] = in_r
+        try:
+            pid = self._enter(argv, self._env(env), workdir or self.workdir, stdio)
+        except BaseException:
+            os.close(out_r)
+            for fd in (in_w,):
+                if fd is not None:
+                    os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            if in_r is not None:
+                os.close(in_r)
+        if in_w is not None:
+            with contextlib.suppress(BrokenPipeError):
+                os.write(in_w, stdin or b"")
+            os.close(in_w)
+        proc = Process(self, argv, pid, out_r, None)
+        self._processes.append(proc)
+        return proc
+
+    def exec(self, argv: Sequence[str], **kw: Any) -> Process:
+        """`docker exec -d`: the same as spawn."""
+        return self.spawn(argv, **kw)
+
+    def run(self, argv: Sequence[str], input: bytes | None = None,
+            timeout: float | None = None, check: bool = False,
+            env: Mapping[str, str] | None = None, workdir: str | None = None) -> CommandResult:
+        """Run argv inside and wait: stdout and stderr captured separately."""
+        argv = self._check_argv(argv)
+        pipes = {1: os.pipe2(os.O_CLOEXEC), 2: os.pipe2(os.O_CLOEXEC)}
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        stdio = {0: in_r, 1: pipes[1][1], 2: pipes[2][1]}
+        try:
+            pid = self._enter(argv, self._env(env), workdir or self.workdir, stdio)
+        except BaseException:
+            for r, _ in pipes.values():
+                os.close(r)
+            os.close(in_w)
+            raise
+        finally:
+            for _, w in pipes.values():
+                os.close(w)
+            os.close(in_r)
+        out, timed_out = _communicate(in_w, input or b"", {pipes[1][0]: 1, pipes[2][0]: 2},
+                                      timeout, pid)
+        proc = Process(self, argv, pid, None, None)
+        proc.wait()
+        if timed_out:
+            proc.returncode = -signal.SIGKILL
+        for fd in (1, 2):
+            if out[fd]:
+                self._log(argv, bytes(out[fd]))
+        result = CommandResult(argv=argv, returncode=proc.returncode or 0, timed_out=timed_out,
+                               stats=Stats(), oom_killed=False, pids_limited=False,
+                               stdout=bytes(out[1]), stderr=bytes(out[2]))
+        if check and (result.returncode != 0 or timed_out):
+            raise SetupError("run", " ".join(argv), None,
+                             f"exit status {result.returncode}"
+                             f"{' (timed out)' if timed_out else ''}: "
+                             f"{result.stderr.decode(errors='replace')[-500:]}")
+        return result
+
+    def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run func(*args, **kwargs) inside (a forked copy of this process that entered the
+        container) and return its JSON-able value; raises what it raised, as RuntimeError."""
+        if self.spec.layers or self.spec.rootfs:
+            raise SpecError("call", getattr(func, "__name__", func), "a container of the host "
+                            "root (an image has no copy of this Python environment): use run()")
+        r, w = os.pipe2(os.O_CLOEXEC)
+
+        def body() -> None:
+            try:
+                value = {"ok": func(*args, **kwargs)}
+            except BaseException as e:
+                value = {"error": f"{type(e).__name__}: {e}", "tb": traceback.format_exc()}
+            try:
+                data = json.dumps(value).encode()
+            except (TypeError, ValueError) as e:
+                data = json.dumps({"error": f"the return value is not JSON-able: {e}"}).encode()
+            os.write(w, data)
+
+        try:
+            pid = self._enter(("call",), self._env(None), self.workdir, {}, body, (w,))
+        except BaseException:
+            os.close(r)
+            raise
+        finally:
+            os.close(w)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        reply = json.loads(data or b'{"error": "the call died without a result"}')
+        if "error" in reply:
+            raise RuntimeError(f"{reply['error']}\n{reply.get('tb', '')}")
+        return reply["ok"]
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _open_inside(self, path: str, flags: int, mode: int = 0o644) -> int:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise SpecError("path", path, "an absolute path inside the container")
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ns = [self._ns[n] for n in (("user",) if self._userns else ()) + ("mnt",)]
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the helper
+            try:
+                a.close()
+                for fd in ns:
+                    sc.setns(fd, 0)
+                fd = os.open(path, flags | os.O_CLOEXEC, mode)
+                socket.send_fds(b, [b"k"], [fd])
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    b.sendall(json.dumps({"errno": e.errno, "message": e.strerror}).encode())
+            finally:
+                os._exit(0)
+        b.close()
+        try:
+            msg, fds, _, _ = socket.recv_fds(a, 4096, 1)
+            for fd in fds:
+                os.set_inheritable(fd, False)
+        finally:
+            a.close()
+            os.waitpid(pid, 0)
+        if fds:
+            return fds[0]
+        info = json.loads(msg or b'{"errno": null, "message": "helper died"}')
+        raise FileNotFoundError(info["errno"], f"{info['message']}: {path} (in the container)"
+                                ) if info["errno"] == 2 else OSError(info["errno"],
+                                                                     f"{info['message']}: {path}")
+
+    def read_file(self, path: str) -> bytes:
+        fd = self._open_inside(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
+        fd = self._open_inside(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _log(self, argv: Sequence[str], data: bytes) -> None:
+        with self._log_lock:
+            self._logs.append(f"[{' '.join(argv)}] {data.decode(errors='replace')}")
+
+    @property
+    def logs(self) -> str:
+        """What the programs started in it wrote, in the order it arrived."""
+        with self._log_lock:
+            return "".join(self._logs)
+
+    def stats(self) -> Stats:
+        """CPU time, throttling, peak memory of its cgroup (empty without caps)."""
+        if self._stopped:
+            return self._proc.stats
+        return self._proc._launch.cgroup.stats()
+
+    @property
+    def running(self) -> bool:
+        return not self._stopped
+
+    def stop(self, grace: float = 5.0):
+        """TERM to pid 1 (which forwards it), KILL after `grace` seconds; returns the
+        container's Result. Every process of the container ends with it."""
+        if self._stopped:
+            return self._result
+        self._stopped = True
+        for fd in self._ns.values():
+            os.close(fd)
+        self._ns.clear()
+        self._proc.send_signal(signal.SIGTERM)
+        self._result = self._proc.wait(timeout=max(grace, 0.001))
+        for p in self._processes:
+            with contextlib.suppress(ChildProcessError):
+                p.wait(timeout=5)
+        return self._result
+
+    def __enter__(self) -> Container:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        what = self.spec.image or self.spec.rootfs or "host root"
+        return f"<Container {what} init={self.init_pid} {'running' if self.running else 'stopped'}>"
+
+
+def _close_all_but(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _helper(argv: tuple[str, ...], env: dict[str, str], workdir: str, stdio: dict[int, int],
+            err_w: int, body: Callable[[], None] | None) -> int:
+    """In the helper, inside every namespace but as a non-member of the pid namespace: start
+    the program (which is a member), forward signals, relay its status. A program is started
+    with posix_spawn (vfork: no copy of this process's page tables, about 2 ms less than
+    fork + exec); its pid goes back to the caller, which kills it directly."""
+    forward = pid1.Forwarder()
+    try:
+        os.chdir(workdir)
+    except OSError:
+        os.chdir("/")
+    if body is None:
+        try:
+            pid = os.posix_spawnp(
+                argv[0], list(argv), env,
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in stdio.items()],
+                setsigdef=tuple(range(1, signal.NSIG)), setsigmask=())
+        except OSError as e:
+            os.write(err_w, json.dumps({"errno": e.errno,
+                                        "message": e.strerror or str(e)}).encode())
+            return 127
+        os.write(err_w, json.dumps({"pid": pid}).encode())
+    else:
+        pid = os.fork()
+        if pid == 0:
+            forward.restore()
+            try:
+                body()
+            finally:
+                os._exit(0)
+    os.close(err_w)
+    for fd in set(stdio.values()):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    forward.target = pid
+    _, status = os.waitpid(pid, 0)
+    return pid1.exit_code_for(status)
+
+
+def _communicate(in_w: int, data: bytes, outs: dict[int, int], timeout: float | None,
+                 pid: int) -> tuple[dict[int, bytearray], bool]:
+    got: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = memoryview(data)
+    writing = in_w if pending else None
+    if writing is None:
+        os.close(in_w)
+    readers = dict(outs)
+    timed_out = False
+    while readers or writing is not None:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = None
+            continue
+        r, w, _ = select.select(list(readers), [writing] if writing is not None else [], [],
+                                left)
+        if w:
+            try:
+                n = os.write(writing, pending[:65536])
+                pending = pending[n:]
+            except BrokenPipeError:
+                pending = pending[:0]
+            if not pending:
+                os.close(writing)  # type: ignore[arg-type]
+                writing = None
+        for fd in r:
+            chunk = os.read(fd, 65536)
+            if chunk:
+                got[readers[fd]] += chunk
+            else:
+                os.close(fd)
+                del readers[fd]
+    if writing is not None:
+        os.close(writing)
+    return got, timed_out
+
+
+def start_container(spec: Spec | None = None, **fields: Any) -> Container:
+    """Container(Spec(**fields)) with the fields checked: start_container(image=..., memory=)."""
+    base = spec or Spec()
+    return Container(replace(base, **fields) if fields else base)
