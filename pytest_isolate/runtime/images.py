@@ -314,12 +314,21 @@ def _walk(root_fd: int, parts: tuple[str, ...], what: str, name: str) -> int:
         raise
 
 
-def _set_opaque(dir_fd: int) -> None:
+def _set_opaque(dir_fd: int, what: str, entry: str) -> None:
+    """user.* serves overlays mounted in a user namespace (userxattr), trusted.* root's; a
+    filesystem may take only one of them (tmpfs before 6.6 has no user xattrs)."""
     path = f"/proc/self/fd/{dir_fd}"
     names = ("user.overlay.opaque",) + (("trusted.overlay.opaque",) if os.geteuid() == 0
                                         else ())
+    errors = []
     for attr in names:
-        os.setxattr(path, attr, b"y")
+        try:
+            os.setxattr(path, attr, b"y")
+        except OSError as e:
+            errors.append(f"{attr}: {e.strerror}")
+    if len(errors) == len(names):
+        raise ImageError(what, entry, f"cannot mark the directory opaque ({'; '.join(errors)})",
+                         "put the cache (PYTEST_ISOLATE_CACHE) on a filesystem with xattrs")
 
 
 def _extract(tar: tarfile.TarFile, dest: str, what: str) -> None:
@@ -335,7 +344,7 @@ def _extract(tar: tarfile.TarFile, dest: str, what: str) -> None:
             dfd = _walk(root_fd, parts, what, m.name)
             try:
                 if base == ".wh..wh..opq":
-                    _set_opaque(dfd)
+                    _set_opaque(dfd, what, m.name)
                 elif base.startswith(".wh."):
                     _whiteout(dfd, base[4:], what, m.name)
                 else:
@@ -381,7 +390,10 @@ def _entry(tar: tarfile.TarFile, m: tarfile.TarInfo, parts: tuple[str, ...], dfd
                                          "outside the layer")
             os.symlink(target, base, dir_fd=dfd)
         elif m.islnk():
-            target = _safe_name(what, m.linkname)
+            try:
+                target = _safe_name(what, m.linkname)
+            except ImageError as e:
+                raise ImageError(what, m.name, f"a hard link to {m.linkname!r}: {e.why}") from None
             if not target:
                 raise ImageError(what, m.name, "a hard link to the layer's root")
             try:
