@@ -16,6 +16,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     argv = list(args.command)
     if argv and argv[0] == "--":
         argv = argv[1:]
+    spec_image = None
+    if args.image:
+        from .runtime.container import resolve_image
+
+        spec_image, image = resolve_image(Spec(image=os.path.abspath(args.image)))
+        argv = argv or list(image.cmd)  # the image's Entrypoint + Cmd, as docker run does
     if not argv:
         print("pytest-isolate run: no command given (usage: run [options] -- CMD ...)",
               file=sys.stderr)
@@ -27,8 +33,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"pytest-isolate run: --env {item!r}: expected NAME=VALUE", file=sys.stderr)
             return 2
         env[key] = value
+    if spec_image is not None:
+        env = {**spec_image.env, **env}
     spec = Spec(hostname=args.hostname, network=args.network, rootfs=args.rootfs, env=env,
-                workdir=args.workdir,
+                workdir=args.workdir or (spec_image.workdir if spec_image else None),
+                layers=spec_image.layers if spec_image else (),
                 resources=Resources(cpu=args.cpu, memory=args.memory, pids=args.pids,
                                     timeout=args.timeout))
     proc = start_command(spec, argv)  # stdin/stdout/stderr pass straight through
@@ -95,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--network", default="none",
                    help="none (only lo), veth (eth0 linked to the host; root) or host")
     r.add_argument("--rootfs", help="a directory to use as root (default: the host's, CoW)")
+    r.add_argument("--image", help="an image: a directory, a `docker export` tarball, an OCI "
+                   "layout or a `docker save` archive (unpacked once into the cache); without "
+                   "CMD, the image's own command runs")
     r.add_argument("--workdir", help="working directory inside the container")
     r.add_argument("--env", action="append", metavar="NAME=VALUE")
     r.add_argument("--cpu", type=float, help="CPUs, e.g. 0.5")

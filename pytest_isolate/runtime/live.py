@@ -38,6 +38,9 @@ from .spec import Spec, validate
 
 _NS_ORDER = ("mnt", "uts", "ipc", "net", "cgroup", "pid")  # user first, when there is one
 READY_TIMEOUT = 30.0
+# What the program starts with: every catchable signal at its default action.
+_DEFAULT_SIGNALS = tuple(s for s in signal.valid_signals()
+                         if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
 def _keep_alive(ready_w: int) -> None:
@@ -470,7 +473,7 @@ def _helper(argv: tuple[str, ...], env: dict[str, str], workdir: str, stdio: dic
             pid = os.posix_spawnp(
                 argv[0], list(argv), env,
                 file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in stdio.items()],
-                setsigdef=tuple(range(1, signal.NSIG)), setsigmask=())
+                setsigdef=_DEFAULT_SIGNALS, setsigmask=())
         except OSError as e:
             os.write(err_w, json.dumps({"errno": e.errno,
                                         "message": e.strerror or str(e)}).encode())

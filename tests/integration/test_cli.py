@@ -88,3 +88,16 @@ def test_run_timeout_kills_and_says_so():
     p = cli("run", "--timeout", "0.5", "--", "sleep", "30")
     assert p.returncode == 128 + 9
     assert b"timeout 0.5s exceeded" in p.stderr
+
+
+def test_run_image_uses_the_images_root(tmp_path, monkeypatch):
+    from tests.support import images as imgs
+
+    os.chmod(tmp_path, 0o755)
+    monkeypatch.setenv("PYTEST_ISOLATE_CACHE", str(tmp_path / "cache"))
+    image = imgs.docker_save(str(tmp_path / "save.tar"), str(tmp_path))
+    p = cli("run", "--image", image, "--", "sh", "-c", "pwd; echo $FOO; cat /etc/layer2")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == [b"/opt", b"bar", b"from", b"layer", b"2"]
+    bad = cli("run", "--image", str(tmp_path / "missing.tar"), "--", "true")
+    assert bad.returncode == 125 and b"no such file" in bad.stderr
