@@ -25,12 +25,8 @@ from tests.conftest import require_netem
 ROOT = os.geteuid() == 0
 
 
-def _serve_echo(end) -> tuple[socket.socket, threading.Thread]:
-    """A TCP echo server living in `end`'s namespace, on a thread."""
-    srv = end.socket()
-    srv.bind((end.ip, 0))
-    srv.listen(8)
-
+def _accept_loop(srv: socket.socket, handle) -> threading.Thread:
+    """Serve each connection with handle(conn) on a thread, until srv is closed."""
     def loop() -> None:
         while True:
             try:
@@ -38,12 +34,24 @@ def _serve_echo(end) -> tuple[socket.socket, threading.Thread]:
             except OSError:
                 return
             with conn:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
+                handle(conn)
 
     t = threading.Thread(target=loop, daemon=True)
     t.start()
-    return srv, t
+    return t
+
+
+def _echo_all(conn: socket.socket) -> None:
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
+def _serve_echo(end) -> tuple[socket.socket, threading.Thread]:
+    """A TCP echo server living in `end`'s namespace, on a thread."""
+    srv = end.socket()
+    srv.bind((end.ip, 0))
+    srv.listen(8)
+    return srv, _accept_loop(srv, _echo_all)
 
 
 def _connect(end, addr, timeout: float = 2.0) -> socket.socket:
@@ -270,25 +278,8 @@ def test_a_veth_container_reaches_the_host_side_and_nothing_beyond():
         return
     srv = socket.create_server(("0.0.0.0", 0))
     port = srv.getsockname()[1]
-
-    def answer() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(b"host")
-
-    threading.Thread(target=answer, daemon=True).start()
+    _accept_loop(srv, lambda conn: conn.sendall(b"host"))
     from pytest_isolate.runtime.container import start
-
-    def wait_for(path: str) -> str:
-        import os as o
-        import time as t
-        while not o.path.exists(path):
-            t.sleep(0.01)
-        return "done"
 
     # A second container with a server of its own: the first must not reach it via the host.
     other = start(Spec(network="veth"), lambda: _serve_once(os.environ["PYTEST_ISOLATE_IP"]))

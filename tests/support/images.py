@@ -114,6 +114,12 @@ HOSTILE = ("dotdot", "absolute", "symlink_escape", "through_symlink", "hardlink_
            "device", "truncated")
 
 
+def _link(name: str, kind: bytes, target: str = "") -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
 def hostile(path: str, kind: str) -> str:
     ok = _file("etc/fine", b"fine\n")
     if kind == "dotdot":
@@ -121,20 +127,14 @@ def hostile(path: str, kind: str) -> str:
     elif kind == "absolute":
         bad = [_file("/tmp/pti-escaped", b"x")]
     elif kind == "symlink_escape":
-        info = tarfile.TarInfo("etc/link")
-        info.type, info.linkname = tarfile.SYMTYPE, "../../../../etc/passwd"
-        bad = [(info, None)]
+        bad = [_link("etc/link", tarfile.SYMTYPE, "../../../../etc/passwd")]
     elif kind == "through_symlink":
-        info = tarfile.TarInfo("evil")
-        info.type, info.linkname = tarfile.SYMTYPE, "/tmp"
-        bad = [(info, None), _file("evil/pti-escaped", b"x")]
+        bad = [_link("evil", tarfile.SYMTYPE, "/tmp"), _file("evil/pti-escaped", b"x")]
     elif kind == "hardlink_escape":
-        info = tarfile.TarInfo("etc/hard")
-        info.type, info.linkname = tarfile.LNKTYPE, "../../etc/passwd"
-        bad = [(info, None)]
+        bad = [_link("etc/hard", tarfile.LNKTYPE, "../../etc/passwd")]
     elif kind == "device":
-        info = tarfile.TarInfo("dev/sda")
-        info.type, info.devmajor, info.devminor = tarfile.BLKTYPE, 8, 0
+        info, _ = _link("dev/sda", tarfile.BLKTYPE)
+        info.devmajor, info.devminor = 8, 0
         bad = [(info, None)]
     elif kind == "truncated":
         data = _tar_bytes([ok, _file("etc/big", b"y" * 100_000)])
