@@ -63,6 +63,15 @@ def test_docker_save_layers_whiteouts_opaque_and_config(tmp_path):
     assert not os.path.exists(os.path.join(top, "opt", "old", ".wh..wh..opq"))
 
 
+def test_an_oci_layout_with_gzip_layers_resolves_like_docker_save(tmp_path):
+    layout = imgs.oci_layout(str(tmp_path / "oci"), str(tmp_path))
+    image = open_image(layout, str(tmp_path / "cache"))
+    assert len(image.layers) == 2 and image.environment()["FOO"] == "oci"
+    top = image.layers[1]
+    assert stat.S_ISCHR(os.lstat(os.path.join(top, "etc", "gone")).st_mode)
+    assert open_image(layout, str(tmp_path / "cache")).unpacked == 0
+
+
 def test_a_changed_layer_is_a_digest_mismatch_and_leaves_nothing(tmp_path):
     tar = imgs.docker_save(str(tmp_path / "save.tar"), str(tmp_path))
     # Rewrite the config's diff_ids: the layers no longer match.

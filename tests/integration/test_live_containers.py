@@ -25,7 +25,8 @@ def built(tmp_path_factory):
     os.chmod(work, 0o755)
     return {"dir": imgs.rootfs(str(work / "tree")),
             "export": imgs.export_tar(str(work / "export.tar"), str(work)),
-            "save": imgs.docker_save(str(work / "save.tar"), str(work))}
+            "save": imgs.docker_save(str(work / "save.tar"), str(work)),
+            "oci": imgs.oci_layout(str(work / "oci"), str(work))}
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,7 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTEST_ISOLATE_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.parametrize("kind", ["dir", "export", "save"])
+@pytest.mark.parametrize("kind", ["dir", "export", "save", "oci"])
 def test_a_busybox_container_runs_in_the_images_root(built, kind):
     with Container(Spec(image=built[kind], hostname="bb")) as c:
         r = c.run(["sh", "-c", "echo $$; hostname; ls /; cat /etc/hello"])
@@ -45,13 +46,15 @@ def test_a_busybox_container_runs_in_the_images_root(built, kind):
         assert "hello" in rest and "usr" not in rest  # the image's root, not the host's
 
 
-def test_layers_whiteouts_and_opaque_directories_apply(built):
-    with Container(Spec(image=built["save"])) as c:
+@pytest.mark.parametrize("kind", ["save", "oci"])
+def test_layers_whiteouts_and_opaque_directories_apply(built, kind):
+    with Container(Spec(image=built[kind])) as c:
         r = c.run(["sh", "-c", "ls /etc; echo ---; ls /opt/old; echo ---; pwd; echo $FOO"])
         etc, old, rest = r.stdout.decode().split("---")
         assert "gone" not in etc.split() and "layer2" in etc.split() and "hello" in etc.split()
         assert old.split() == ["b"]  # layer 1's /opt/old/a is hidden
-        assert rest.split() == ["/opt", "bar"]  # WorkingDir and Env from the image config
+        # WorkingDir and Env from the image config
+        assert rest.split() == ["/opt", "bar" if kind == "save" else "oci"]
 
 
 def test_exec_sees_what_an_earlier_run_wrote_and_files_go_both_ways(built):

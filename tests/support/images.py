@@ -98,6 +98,36 @@ def docker_save(path: str, work: str) -> str:
     return path
 
 
+def oci_layout(d: str, work: str) -> str:
+    """The docker_save image as an OCI image layout directory, layers gzip-compressed."""
+    import gzip
+
+    save = docker_save(os.path.join(work, "for-oci.tar"), work)
+    with tarfile.open(save) as tar:
+        layers = [tar.extractfile(f"l{i}/layer.tar").read() for i in (1, 2)]
+    blobs = os.path.join(d, "blobs", "sha256")
+    os.makedirs(blobs, exist_ok=True)
+
+    def put(data: bytes) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        with open(os.path.join(blobs, digest), "wb") as f:
+            f.write(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    diff_ids = [f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers]
+    config = put(json.dumps({"config": {"Env": ["PATH=/bin", "FOO=oci"], "WorkingDir": "/opt"},
+                             "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode())
+    layer_descs = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    **put(gzip.compress(layer, mtime=0))} for layer in layers]
+    manifest = put(json.dumps({"schemaVersion": 2, "config": config,
+                               "layers": layer_descs}).encode())
+    with open(os.path.join(d, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [manifest]}, f)
+    with open(os.path.join(d, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    return d
+
+
 def big_export(path: str, work: str, megabytes: int) -> str:
     """An export tarball of about `megabytes` MB: the busybox tree plus incompressible files."""
     tree = rootfs(os.path.join(work, f"big-{megabytes}"))
