@@ -509,7 +509,7 @@ def _network_for(spec: Spec):
 def _release_link(link) -> None:
     if link is not None:
         with _lock:
-            _open_fds.discard(link.ns.fd)
+            _open_fds.discard(link.fd)
         link.close()
 
 

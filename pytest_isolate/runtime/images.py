@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gzip
 import hashlib
 import json
 import os
@@ -251,34 +250,17 @@ class _Hashing:
 
 
 def _unpack(raw: IO[bytes], dest: str, what: str) -> str:
-    """Extract the tar stream into dest; returns the sha256 of the raw bytes."""
+    """Extract the tar stream (plain or compressed: tarfile's "r|*" tells) into dest; returns
+    the sha256 of the raw bytes."""
     stream = _Hashing(raw)
-    head = stream.read(2)
-    rest: IO[bytes] = _Prefixed(head, stream)
-    if head == b"\x1f\x8b":
-        rest = gzip.GzipFile(fileobj=rest, mode="rb")  # type: ignore[assignment]
     try:
-        with tarfile.open(fileobj=rest, mode="r|") as tar:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:  # type: ignore[call-overload]
             _extract(tar, dest, what)
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as e:
+    except (tarfile.TarError, EOFError, OSError) as e:
         if isinstance(e, ImageError):
             raise
         raise ImageError(what, None, f"the archive is damaged or truncated: {e}") from None
     return stream.drain()
-
-
-class _Prefixed:
-    def __init__(self, head: bytes, stream: _Hashing):
-        self.head = head
-        self.stream = stream
-
-    def read(self, n: int = -1) -> bytes:
-        if self.head:
-            data, self.head = self.head, b""
-            if n < 0:
-                return data + self.stream.read()
-            return data + self.stream.read(n - len(data)) if n > len(data) else data
-        return self.stream.read(n)
 
 
 # -- the extractor ----------------------------------------------------------------------------

@@ -25,7 +25,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from . import pid1
@@ -536,8 +535,3 @@ def _communicate(in_w: int, data: bytes, outs: dict[int, int], timeout: float | 
         os.close(writing)
     return got, timed_out
 
-
-def start_container(spec: Spec | None = None, **fields: Any) -> Container:
-    """Container(Spec(**fields)) with the fields checked: start_container(image=..., memory=)."""
-    base = spec or Spec()
-    return Container(replace(base, **fields) if fields else base)

@@ -12,7 +12,7 @@ Rule: importing this package does not import pyroute2 (0.2-0.3 s); the first lin
 from .impairment import Impairment
 from .leases import DEFAULT_POOL, Subnet, set_pool
 from .netns import NetNamespace, Pod
-from .topology import Endpoint, HostLink, Network, VethPair
+from .topology import Endpoint, HostLink, Network, VethPair, probe_netem
 
 __all__ = [
     "DEFAULT_POOL",
@@ -28,9 +28,3 @@ __all__ = [
     "set_pool",
 ]
 
-
-def probe_netem() -> str | None:
-    """None when netem works here, else what is missing (tries it on lo of a new namespace)."""
-    from .topology import probe_netem as probe
-
-    return probe()

@@ -10,6 +10,7 @@ namespace, so it dies with its peer's namespace, which the container holds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import socket
@@ -308,7 +309,7 @@ class HostLink(_Undo):
             try:
                 netlink.add_veth(nl, self.host_ifname, "eth0", self.ns._fd())
             except SetupError as e:
-                if e.errno != 17:  # EEXIST: a dead run with our pid left it; remove, retry
+                if e.errno != errno.EEXIST:  # a dead run with our pid left it: remove, retry
                     raise
                 netlink.delete_link(nl, self.host_ifname)
                 netlink.add_veth(nl, self.host_ifname, "eth0", self.ns._fd())
