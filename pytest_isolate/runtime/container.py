@@ -52,7 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from . import namespaces, pid1, rootfs
+from . import namespaces, pid1, rootfs, warm
 from . import syscalls as sc
 from .cgroups import Driver, NoCgroup, open_cgroup
 from .channel import FrameReader, write_frame
@@ -106,14 +106,16 @@ def _die_with_parent(alive_r: int) -> None:
 class _Launch:
     """The parent's handle on a started container: pids and pipe ends."""
 
-    def __init__(self, pid: int, result_r: int, alive_w: int, stdio: dict[int, int],
-                 cgroup: Driver, link=None):
+    def __init__(self, pid: int, result_r: int, alive_w: int | None, stdio: dict[int, int],
+                 cgroup: Driver, link=None, warm_init: warm.WarmInit | None = None):
         self.pid = pid
         self.result_r = result_r
         self.alive_w = alive_w
         self.stdio = stdio  # child fd number -> parent's end of the pipe
         self.cgroup = cgroup
         self.link = link  # network.HostLink for network="veth", else None
+        # A warm container: `pid` is the workload itself, joined into this init's namespaces.
+        self.warm_init = warm_init
 
 
 class ContainerProcess:
@@ -139,7 +141,8 @@ class ContainerProcess:
         return self._launch.pid
 
     def send_signal(self, sig: int) -> None:
-        """Delivered to the workload through init (which forwards TERM, INT, HUP, QUIT, USR1/2)."""
+        """Delivered to the workload: through init (which forwards TERM, INT, HUP, QUIT,
+        USR1/2) in a cold container, directly in a warm one."""
         if not self._done:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._launch.pid, sig)
@@ -147,6 +150,8 @@ class ContainerProcess:
     def kill(self) -> None:
         """SIGKILL the container: init dies, and with it every process of its namespace."""
         self.send_signal(signal.SIGKILL)
+        if self._launch.warm_init is not None:
+            self._launch.warm_init.kill()
 
     # -- parent side of the protocol --------------------------------------------------------
 
@@ -157,7 +162,14 @@ class ContainerProcess:
         """
         launch = self._launch
         out: dict[int, bytearray] = {}
-        readers = {launch.result_r: None}
+        readers: dict[int, int | None] = {launch.result_r: None}
+        exited_fd = None
+        if launch.warm_init is not None and launch.warm_init.pidfd >= 0:
+            # The workload is not init's child: when it exits, kill init, so that whatever
+            # it left running dies and lets go of the pipes (else they never reach EOF).
+            with contextlib.suppress(ProcessLookupError):
+                exited_fd = os.pidfd_open(launch.pid)
+                readers[exited_fd] = -1
         for child_fd, parent_fd in launch.stdio.items():
             if child_fd != 0:
                 readers[parent_fd] = child_fd
@@ -171,6 +183,8 @@ class ContainerProcess:
         while readers:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             if deadline is not None and timeout == 0.0:
+                if exited_fd is not None:
+                    os.close(exited_fd)
                 return True, out
             wlist = [stdin_fd] if stdin_fd is not None else []
             try:
@@ -190,6 +204,10 @@ class ContainerProcess:
                     launch.stdio.pop(0, None)
                     stdin_fd = None
             for fd in r:
+                if fd == exited_fd:
+                    del readers[fd]
+                    launch.warm_init.kill()
+                    continue
                 data = os.read(fd, 1 << 16)
                 target = readers[fd]
                 if not data:
@@ -199,12 +217,16 @@ class ContainerProcess:
                     self._frames.extend(self._reader.feed(data))
                 else:
                     out[target] += data
+        if exited_fd is not None:
+            os.close(exited_fd)
         return False, out
 
     def _finish(self) -> tuple[int, dict]:
         """Reap the direct child and release every fd; returns (wait status, last frames)."""
         launch = self._launch
         _, status = os.waitpid(launch.pid, 0)
+        if launch.warm_init is not None:
+            launch.warm_init.kill()
         for fd in (launch.result_r, launch.alive_w, *launch.stdio.values()):
             _close(fd)
         launch.stdio.clear()
@@ -244,7 +266,7 @@ class ContainerProcess:
     def wait(self, timeout: float | None = None) -> Result:
         """Wait for a function workload; `timeout` kills the container when it expires."""
         timed_out, _, status, frames = self._communicate(timeout)
-        exit_status, sig = _workload_status(frames, status)
+        exit_status, sig = _workload_status(frames, status, self._launch.warm_init is not None)
         value, error, returned = None, None, False
         if "return" in frames:
             value, returned = frames["return"].get("value"), True
@@ -265,7 +287,7 @@ class ContainerProcess:
             raise SetupError("exec", f["argv0"], f["errno"], f["message"],
                              "is the program installed in the container's root filesystem, "
                              "and is it on PATH?")
-        exit_status, sig = _workload_status(frames, status)
+        exit_status, sig = _workload_status(frames, status, self._launch.warm_init is not None)
         returncode = -sig if sig is not None else (exit_status or 0)
         return CommandResult(
             argv=self._argv or (), returncode=returncode, timed_out=timed_out, stats=self.stats,
@@ -274,14 +296,16 @@ class ContainerProcess:
             stderr=bytes(out[2]) if 2 in out else None)
 
 
-def _workload_status(frames: dict, status: int) -> tuple[int | None, int | None]:
-    """(exit code, signal) of the workload: from init's frame, else from our direct child."""
+def _workload_status(frames: dict, status: int, direct: bool = False
+                     ) -> tuple[int | None, int | None]:
+    """(exit code, signal) of the workload: from init's frame, else from our direct child
+    (`direct`: the child is the workload itself, as in a warm container)."""
     if "exit" in frames:
         status = frames["exit"]["status"]
     if os.WIFSIGNALED(status):
         return None, os.WTERMSIG(status)
     code = os.waitstatus_to_exitcode(status)
-    if "exit" not in frames and code > 128:  # init or outer relayed a signal as 128+N
+    if not direct and "exit" not in frames and code > 128:  # init or outer relayed 128+N
         return None, code - 128
     return code, None
 
@@ -413,6 +437,41 @@ def _workload_stage(spec: Spec, workload, result_w: int, keep: set[int], go_r: i
         os._exit(code)
 
 
+def _warm_stage(spec: Spec, init: warm.WarmInit, workload, result_w: int, keep: set[int],
+                place_r: int | None) -> None:
+    """The workload of a warm container: join it, then run. Never returns."""
+    try:
+        _after_fork_in_child()
+        _close_foreign(keep)
+        _wait_placed(place_r)
+        try:
+            sc.setns(init.pidfd, init.join_flags)  # root and cwd become the container's
+        except OSError as e:
+            raise SetupError("setns", f"warm container (init pid {init.pid})", e.errno,
+                             str(e), "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold"
+                             ) from None
+        os.close(init.pidfd)
+        # A cgroup namespace of our own, made once in our cgroup: /proc/self/cgroup shows "/".
+        namespaces.unshare_namespaces(sc.CLONE_NEWCGROUP)
+        namespaces.set_hostname(spec.hostname)
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    except BaseException as e:
+        err = e if isinstance(e, SetupError) else SetupError(
+            "container setup", "-", getattr(e, "errno", None), f"{type(e).__name__}: {e}")
+        with contextlib.suppress(OSError):
+            write_frame(result_w, err.to_frame())
+        os._exit(SETUP_FAILED)
+    code = 1
+    try:
+        code = workload(result_w)
+    except BaseException as e:  # a failure in our glue, not in user code
+        with contextlib.suppress(OSError):
+            write_frame(result_w, {"t": "raise", "type": type(e).__qualname__,
+                                   "message": str(e), "traceback": traceback.format_exc()})
+    finally:
+        os._exit(code)
+
+
 def _default_workdir(spec: Spec) -> str:
     if spec.workdir:
         return spec.workdir
@@ -516,6 +575,8 @@ def _release_link(link) -> None:
 def _launch(spec: Spec, workload_factory, child_stdio: dict[int, int | None],
             link=None) -> _Launch:
     """Fork the container. child_stdio maps 0/1/2 to PIPE, an fd to hand over, or None."""
+    if link is None and warm.eligible(spec):
+        return _launch_warm(spec, workload_factory, child_stdio)
     userns = spec.wants_userns()
     try:
         plan = None if spec.rootfs or spec.layers else rootfs.host_plan(split=userns)
@@ -535,6 +596,36 @@ def _launch(spec: Spec, workload_factory, child_stdio: dict[int, int | None],
     return launch
 
 
+def _stdio_pipes(child_stdio: dict[int, int | None]) -> tuple[dict[int, int], dict[int, int]]:
+    """(parent's ends, child's ends) by target fd: PIPE makes a pipe, an fd is handed over."""
+    parent_ends: dict[int, int] = {}
+    child_ends: dict[int, int] = {}
+    for target, how in child_stdio.items():
+        if how == PIPE:
+            r, w = _pipe()
+            parent_ends[target], child_ends[target] = (w, r) if target == 0 else (r, w)
+        elif how is not None:
+            child_ends[target] = how
+    return parent_ends, child_ends
+
+
+def _place(launch: _Launch, place_w: int) -> None:
+    """Put the container in its cgroup, then let it go on (it waits before any user code)."""
+    try:
+        launch.cgroup.add_process(launch.pid)  # overlaps the container's own setup
+        os.write(place_w, b"p")
+    except BaseException:
+        os.kill(launch.pid, signal.SIGKILL)
+        os.waitpid(launch.pid, 0)
+        if launch.warm_init is not None:
+            launch.warm_init.kill()
+        for fd in (launch.result_r, launch.alive_w, *launch.stdio.values()):
+            _close(fd)
+        raise
+    finally:
+        _close(place_w)
+
+
 def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
                     link) -> _Launch:
     capped = not isinstance(cgroup, NoCgroup)
@@ -545,14 +636,7 @@ def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
         result_r, result_w = _pipe()
         alive_r, alive_w = _pipe()
         place_r, place_w = _pipe() if capped else (None, None)
-        parent_ends: dict[int, int] = {}
-        child_ends: dict[int, int] = {}
-        for target, how in child_stdio.items():
-            if how == PIPE:
-                r, w = _pipe()
-                parent_ends[target], child_ends[target] = (w, r) if target == 0 else (r, w)
-            elif how is not None:
-                child_ends[target] = how
+        parent_ends, child_ends = _stdio_pipes(child_stdio)
         keep = {result_w, alive_r, *child_ends.values()}
         first_keep = keep | ({place_r} if capped else set()) | (
             {netns_fd} if netns_fd is not None else set())
@@ -577,17 +661,43 @@ def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
             _close(fd)
     launch = _Launch(pid, result_r, alive_w, parent_ends, cgroup, link)
     if capped:
-        try:
-            cgroup.add_process(pid)  # overlaps the container's own setup
-            os.write(place_w, b"p")
-        except BaseException:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            for fd in (result_r, alive_w, *parent_ends.values()):
+        _place(launch, place_w)
+    return launch
+
+
+def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None]) -> _Launch:
+    """Fork the workload straight into a container the zygote built ahead (see warm.py)."""
+    res = spec.resources
+    cgroup = open_cgroup(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
+    init = warm.take(spec.network)
+    try:
+        cgroup.apply()
+    except BaseException:
+        init.kill()
+        raise
+    capped = not isinstance(cgroup, NoCgroup)
+    try:
+        with _lock:
+            result_r, result_w = _pipe()
+            place_r, place_w = _pipe() if capped else (None, None)
+            parent_ends, child_ends = _stdio_pipes(child_stdio)
+            keep = {result_w, *child_ends.values()}
+            workload = workload_factory(child_ends)
+            with init.pid_namespace_for_next_fork():
+                pid = os.fork()
+                if pid == 0:
+                    _warm_stage(spec, init, workload, result_w,
+                                keep | ({place_r} if capped else set()), place_r)
+            for fd in (result_w, place_r,
+                       *(fd for t, fd in child_ends.items() if t in parent_ends)):
                 _close(fd)
-            raise
-        finally:
-            _close(place_w)
+    except BaseException:
+        cgroup.destroy()
+        init.kill()
+        raise
+    launch = _Launch(pid, result_r, None, parent_ends, cgroup, None, init)
+    if capped:
+        _place(launch, place_w)
     return launch
 
 

@@ -12,13 +12,19 @@ def _needs_containers():
 
 @pytest.fixture
 def no_leftovers():
-    """Asserts that a test leaves no child process, open fd or host mount behind."""
+    """Asserts that a test leaves no child process, open fd or host mount behind. The zygote
+    (warm containers) is a deliberate helper of the process: it is shut down on both sides,
+    so that what it leaves behind is checked too."""
+    from pytest_isolate.runtime import warm
+
     def snapshot():
+        warm.shutdown()
         with open("/proc/self/mountinfo") as f:
             mounts = f.read()
         return mounts, sorted(os.listdir("/proc/self/fd"))
     before = snapshot()
     yield
+    warm.shutdown()
     try:
         pid, _ = os.waitpid(-1, os.WNOHANG)
         assert pid == 0, f"an unreaped child {pid} is left"

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from pytest_isolate.runtime import SetupError, Spec, run, run_command, start
+from pytest_isolate.runtime import SetupError, Spec, run, run_command, start, warm
 from tests.conftest import require, sleeps_with
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -24,12 +24,19 @@ def test_proc_shows_only_the_containers_processes():
     assert r.value == [1, 2]
 
 
-def test_the_workload_is_pid_2_and_a_child_of_pid_1():
+@pytest.mark.parametrize("cold", [False, True], ids=["warm", "cold"])
+def test_the_workload_is_pid_2_beside_a_real_init(cold, monkeypatch):
+    if cold:
+        monkeypatch.setenv(warm.DISABLE_ENV, "1")
+    # A cold workload is init's child; a warm one was forked from outside and joined the
+    # namespaces (its parent is outside, so getppid() is 0, as for `docker exec`).
+    parent = 0 if warm.eligible(SPEC) else 1
+
     def ids():
         with open("/proc/1/cmdline", "rb") as f:
             init = f.read()
         return os.getpid(), os.getppid(), bool(init)
-    assert run(SPEC, ids).value == [2, 1, True]
+    assert run(SPEC, ids).value == [2, parent, True]
 
 
 def test_hostname_is_set():
