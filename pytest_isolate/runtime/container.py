@@ -54,7 +54,7 @@ from typing import Any
 
 from . import namespaces, pid1, rootfs, warm
 from . import syscalls as sc
-from .cgroups import Driver, NoCgroup, open_cgroup
+from .cgroups import Driver, NoCgroup, spares
 from .channel import FrameReader, write_frame
 from .errors import SetupError, SpecError
 from .result import CommandResult, Result, Stats, WorkloadError
@@ -234,7 +234,7 @@ class ContainerProcess:
         try:
             self.stats = launch.cgroup.stats()  # before removal: the OOM count lives there
         finally:
-            launch.cgroup.destroy()
+            spares.retire(launch.cgroup)  # removed while the next container runs
             _release_link(launch.link)
         frames: dict[str, dict] = {}
         for frame in self._frames:
@@ -443,7 +443,6 @@ def _warm_stage(spec: Spec, init: warm.WarmInit, workload, result_w: int, keep: 
     try:
         _after_fork_in_child()
         _close_foreign(keep)
-        _wait_placed(place_r)
         try:
             sc.setns(init.pidfd, init.join_flags)  # root and cwd become the container's
         except OSError as e:
@@ -451,6 +450,7 @@ def _warm_stage(spec: Spec, init: warm.WarmInit, workload, result_w: int, keep: 
                              str(e), "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold"
                              ) from None
         os.close(init.pidfd)
+        _wait_placed(place_r)  # the parent's cgroup.procs writes overlapped the setns
         # A cgroup namespace of our own, made once in our cgroup: /proc/self/cgroup shows "/".
         namespaces.unshare_namespaces(sc.CLONE_NEWCGROUP)
         namespaces.set_hostname(spec.hostname)
@@ -581,11 +581,10 @@ def _launch(spec: Spec, workload_factory, child_stdio: dict[int, int | None],
     try:
         plan = None if spec.rootfs or spec.layers else rootfs.host_plan(split=userns)
         res = spec.resources
-        cgroup = open_cgroup(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
+        cgroup = spares.claim(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
     except BaseException:
         _release_link(link)
         raise
-    cgroup.apply()
     try:
         launch = _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
                                  link)
@@ -593,6 +592,7 @@ def _launch(spec: Spec, workload_factory, child_stdio: dict[int, int | None],
         cgroup.destroy()
         _release_link(link)
         raise
+    spares.tidy(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]  # while it starts
     return launch
 
 
@@ -668,12 +668,11 @@ def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
 def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None]) -> _Launch:
     """Fork the workload straight into a container the zygote built ahead (see warm.py)."""
     res = spec.resources
-    cgroup = open_cgroup(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
-    init = warm.take(spec.network)
+    cgroup = spares.claim(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
     try:
-        cgroup.apply()
+        init = warm.take(spec.network)
     except BaseException:
-        init.kill()
+        cgroup.destroy()
         raise
     capped = not isinstance(cgroup, NoCgroup)
     try:
@@ -698,6 +697,7 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
     launch = _Launch(pid, result_r, None, parent_ends, cgroup, None, init)
     if capped:
         _place(launch, place_w)
+    spares.tidy(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]  # while it runs
     return launch
 
 

@@ -110,6 +110,25 @@ _NO_CGROUP_FIX = ("run as root, or inside a delegated cgroup v2 subtree "
                   "(systemd-run --user --scope -p Delegate=yes ...)")
 
 
+_detected: dict[tuple[str, str, int], tuple[str, dict[str, str], set[str]]] = {}
+
+
+def _detect() -> tuple[str, dict[str, str], set[str]]:
+    """(mode, controller -> own cgroup dir, writable controllers), parsed again only when the
+    mount table, this process's cgroups or its uid changed (parsing costs 1.5 ms a time)."""
+    mountinfo = _read_mountinfo()
+    with open("/proc/self/cgroup") as f:
+        key = (mountinfo, f.read(), os.geteuid())
+    found = _detected.get(key)
+    if found is None:
+        dirs = own_cgroup_dirs(mountinfo)
+        writable = {c for c, d in dirs.items() if os.access(d, os.W_OK)}
+        found = (detect_mode(mountinfo), dirs, writable)
+        _detected.clear()
+        _detected[key] = found
+    return found
+
+
 def open_cgroup(cpu: float | None, memory: int | None, pids: int | None) -> Driver:
     """The driver for one container's caps; NoCgroup when none is asked. Nothing is created
     until `apply()`. Caps that no writable cgroup can enforce raise UnsupportedError."""
@@ -117,23 +136,20 @@ def open_cgroup(cpu: float | None, memory: int | None, pids: int | None) -> Driv
         return NoCgroup()
     asked = [name for name, v in (("cpu", cpu), ("memory", memory), ("pids", pids))
              if v is not None]
-    mountinfo = _read_mountinfo()
-    dirs = own_cgroup_dirs(mountinfo)
+    mode, dirs, writable = _detect()
     missing = [c for c in asked if c not in dirs]
     if missing:
         raise UnsupportedError(f"cgroup caps ({', '.join(asked)})",
                                f"no {', '.join(missing)} controller is mounted on this host",
                                "mount the cgroup hierarchy (cgroup2 on /sys/fs/cgroup)")
-    readonly = [c for c in asked if not os.access(dirs[c], os.W_OK)]
+    readonly = [c for c in asked if c not in writable]
     if readonly:
         raise UnsupportedError(f"cgroup caps ({', '.join(asked)})",
                                f"this process may not create cgroups below "
                                f"{dirs[readonly[0]]} (uid {os.geteuid()})", _NO_CGROUP_FIX)
     state.register_cleaner(remove_stale)
     state.ensure_owner_lock()
-    mode = detect_mode(mountinfo)
     name = new_name()
     if mode == "v2":
         return V2Cgroup(name, dirs[asked[0]], cpu, memory, pids)
-    writable = {c: d for c, d in dirs.items() if os.access(d, os.W_OK)}
-    return V1Cgroup(name, writable, cpu, memory, pids)
+    return V1Cgroup(name, {c: dirs[c] for c in writable}, cpu, memory, pids)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ..errors import SetupError
-from .driver import kill_members, read, remove_dir, write
+from .driver import kill_members, read, remove_dir, try_remove_dir, write
 from .files import CgroupStats, v1_limit_writes, v1_stats
 
 CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
@@ -62,3 +62,6 @@ class V1Cgroup:
     def destroy(self) -> None:
         for d in self.dirs.values():
             remove_dir(d)
+
+    def try_destroy(self) -> bool:
+        return all([try_remove_dir(d) for d in self.dirs.values()])

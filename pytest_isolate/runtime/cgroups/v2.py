@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from ..errors import SetupError, UnsupportedError
-from .driver import kill_members, read, remove_dir, write
+from .driver import kill_members, read, remove_dir, try_remove_dir, write
 from .files import CgroupStats, v2_limit_writes, v2_stats
 
 NEEDED = ("cpu", "memory", "pids")
@@ -71,3 +71,6 @@ class V2Cgroup:
 
     def destroy(self) -> None:
         remove_dir(self.dir)
+
+    def try_destroy(self) -> bool:
+        return try_remove_dir(self.dir)
