@@ -418,9 +418,22 @@ def _fork_workload(spec: Spec, workload, result_w: int, keep: set[int], forward,
     return pid
 
 
-def _workload_stage(spec: Spec, workload, result_w: int, keep: set[int], go_r: int) -> None:
+def _run_workload(workload, result_w: int) -> None:
+    """Run the workload and exit with its code; a failure in our glue (not in user code, which
+    the workload reports itself) becomes a "raise" frame. Never returns."""
     code = 1
     try:
+        code = workload(result_w)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            write_frame(result_w, {"t": "raise", "type": type(e).__qualname__,
+                                   "message": str(e), "traceback": traceback.format_exc()})
+    finally:
+        os._exit(code)
+
+
+def _workload_stage(spec: Spec, workload, result_w: int, keep: set[int], go_r: int) -> None:
+    def after_go(result_w: int) -> int:
         _after_fork_in_child()
         _close_foreign(keep | {go_r})
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
@@ -428,13 +441,8 @@ def _workload_stage(spec: Spec, workload, result_w: int, keep: set[int], go_r: i
         os.close(go_r)
         if go != b"g":  # init failed to build the container and reported why
             os._exit(SETUP_FAILED)
-        code = workload(result_w)
-    except BaseException as e:  # a failure in our glue, not in user code
-        with contextlib.suppress(OSError):
-            write_frame(result_w, {"t": "raise", "type": type(e).__qualname__,
-                                   "message": str(e), "traceback": traceback.format_exc()})
-    finally:
-        os._exit(code)
+        return workload(result_w)
+    _run_workload(after_go, result_w)
 
 
 def _warm_stage(spec: Spec, init: warm.WarmInit, workload, result_w: int, keep: set[int],
@@ -461,15 +469,7 @@ def _warm_stage(spec: Spec, init: warm.WarmInit, workload, result_w: int, keep: 
         with contextlib.suppress(OSError):
             write_frame(result_w, err.to_frame())
         os._exit(SETUP_FAILED)
-    code = 1
-    try:
-        code = workload(result_w)
-    except BaseException as e:  # a failure in our glue, not in user code
-        with contextlib.suppress(OSError):
-            write_frame(result_w, {"t": "raise", "type": type(e).__qualname__,
-                                   "message": str(e), "traceback": traceback.format_exc()})
-    finally:
-        os._exit(code)
+    _run_workload(workload, result_w)
 
 
 def _default_workdir(spec: Spec) -> str:

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 
+from . import namespaces
 from . import syscalls as sc
 from .errors import SetupError
 from .spec import Spec
@@ -62,18 +63,9 @@ class WarmInit:
             os.close(self.pidfd)
             self.pidfd = -1
 
-    @contextlib.contextmanager
     def pid_namespace_for_next_fork(self):
         """This thread's next fork is born in the container's pid namespace."""
-        own = os.open("/proc/thread-self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            sc.setns(self.pidfd, sc.CLONE_NEWPID)
-            try:
-                yield
-            finally:
-                sc.setns(own, sc.CLONE_NEWPID)
-        finally:
-            os.close(own)
+        return namespaces.pid_namespace_for_next_fork(join=self.pidfd)
 
 
 class _Pool:
