@@ -33,6 +33,11 @@ between them, because only a process inside the new user namespace may create th
   read frames until EOF (before waitpid: frames can exceed the pipe buffer), then waitpid.
   Any failing setup step sends frame "setup_error" {step, target, errno, hint}, exits 125.
 
+Warm path (root, host tree, network none/host; see warm.py): the zygote built init and the
+root filesystem ahead, so the caller only forks the workload, born in init's pid namespace
+(pid 2); the workload setns(pidfd) into mnt/uts/ipc/net, waits for "placed" when capped,
+unshares its cgroup namespace and runs. The caller kills init when the workload exits.
+
 Killing the parent's direct child tears everything down: PDEATHSIG chains outer -> init, and
 when init exits the kernel kills the whole pid namespace; all mounts live in the container's
 mount namespace and vanish with it.
