@@ -165,16 +165,26 @@ class ContainerProcess:
 
         Returns (timed_out, {fd: bytes}) with the captured stdout/stderr.
         """
-        launch = self._launch
-        out: dict[int, bytearray] = {}
-        readers: dict[int, int | None] = {launch.result_r: None}
         exited_fd = None
-        if launch.warm_init is not None and launch.warm_init.pidfd >= 0:
+        warm_init = self._launch.warm_init
+        if warm_init is not None and warm_init.pidfd >= 0:
             # The workload is not init's child: when it exits, kill init, so that whatever
             # it left running dies and lets go of the pipes (else they never reach EOF).
             with contextlib.suppress(ProcessLookupError):
-                exited_fd = os.pidfd_open(launch.pid)
-                readers[exited_fd] = -1
+                exited_fd = os.pidfd_open(self._launch.pid)
+        try:
+            return self._read(deadline, stdin_data, exited_fd)
+        finally:
+            if exited_fd is not None:
+                os.close(exited_fd)
+
+    def _read(self, deadline: float | None, stdin_data: bytes | None,
+              exited_fd: int | None) -> tuple[bool, dict]:
+        launch = self._launch
+        out: dict[int, bytearray] = {}
+        readers: dict[int, int | None] = {launch.result_r: None}
+        if exited_fd is not None:
+            readers[exited_fd] = -1
         for child_fd, parent_fd in launch.stdio.items():
             if child_fd != 0:
                 readers[parent_fd] = child_fd
@@ -188,8 +198,6 @@ class ContainerProcess:
         while readers:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             if deadline is not None and timeout == 0.0:
-                if exited_fd is not None:
-                    os.close(exited_fd)
                 return True, out
             wlist = [stdin_fd] if stdin_fd is not None else []
             try:
@@ -222,8 +230,6 @@ class ContainerProcess:
                     self._frames.extend(self._reader.feed(data))
                 else:
                     out[target] += data
-        if exited_fd is not None:
-            os.close(exited_fd)
         return False, out
 
     def _finish(self) -> tuple[int, dict]:

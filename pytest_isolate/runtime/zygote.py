@@ -19,6 +19,7 @@ survives the caller, whatever way it ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,7 +83,8 @@ def _build(network: str) -> dict:
     os.close(ready_r)
     if frames and frames[0]["t"] == "ready":
         return {"pid": pid}
-    os.waitpid(pid, 0)
+    with contextlib.suppress(ChildProcessError):  # SIGCHLD is ignored: may be reaped already
+        os.waitpid(pid, 0)
     error = frames[0] if frames else SetupError(
         "warm container setup", "-", None, "init exited without a word").to_frame()
     return {"error": error}
