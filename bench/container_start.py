@@ -1,7 +1,7 @@
 """Container start-to-finish cost against baselines measured in the same run.
 
     python bench/container_start.py [--runs 200] [--rootless]
-    python bench/container_start.py --caps [--runs 200]
+    python bench/container_start.py --caps [--runs 200]    (on cgroup v2 also: by a write)
 
 Prints medians (ms) of run(spec, noop) and run_command(spec, ["true"]) beside
 `unshare --fork --pid --mount-proc --mount --uts --ipc --net true` and
@@ -23,7 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_isolate.runtime import Resources, Spec, run, run_command
+from pytest_isolate.runtime import Resources, Spec, container, run, run_command
+from pytest_isolate.runtime.cgroups import _detect
+from pytest_isolate.runtime.syscalls import can_fork_into_cgroup
 
 ROOTLESS_PYTHON = "/opt/pytest-isolate/rootless-venv/bin/python"
 
@@ -66,29 +68,46 @@ def measure(runs: int, warmup: int = 10) -> dict[str, float]:
 CAPS = Resources(cpu=1.0, memory="256M", pids=256)
 
 
-def measure_caps(runs: int, idle: float) -> dict[str, float]:
+def measure_caps(runs: int, idle: float, rows: tuple[str, ...]) -> dict[str, float]:
     """Capped vs plain containers, alternating; `idle` seconds of sleep before each one, as
-    real tests are spaced (the first cgroup.procs write after idle time stalls)."""
-    plain, capped = Spec(), Spec(resources=CAPS)
-    samples: dict[str, list[float]] = {"plain": [], "capped": []}
+    real tests are spaced (the first cgroup.procs write after idle time stalls). Row
+    "written": capped, but placed by a cgroup.procs write even where clone3 could place the
+    child at birth (cgroup v2), for comparison."""
+    specs = {"plain": Spec(), "capped": Spec(resources=CAPS), "written": Spec(resources=CAPS)}
+    samples: dict[str, list[float]] = {name: [] for name in rows}
+
+    def once(name: str) -> None:
+        container._clone3_usable = name != "written"
+        try:
+            run(specs[name], noop).unwrap()
+        finally:
+            container._clone3_usable = True
+
     for _ in range(5):
-        run(plain, noop)
-        run(capped, noop)
+        for name in rows:
+            once(name)
     for _ in range(runs):
-        for name, spec in (("plain", plain), ("capped", capped)):
+        for name in rows:
             time.sleep(idle)
             t = time.perf_counter()
-            run(spec, noop).unwrap()
+            once(name)
             samples[name].append((time.perf_counter() - t) * 1000)
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def report_caps(runs: int) -> None:
-    print(f"cost of cpu+memory+pids caps, median of {runs} runs (ms)")
+    v2 = _detect()[0] == "v2"
+    rows = ("plain", "capped", "written") if v2 else ("plain", "capped")
+    how = "born in its cgroup (clone3)" if v2 and can_fork_into_cgroup() else \
+        "placed by cgroup.procs writes"
+    print(f"cost of cpu+memory+pids caps, median of {runs} runs (ms); capped: {how}")
     for label, idle in (("back to back", 0.0), ("50 ms idle before each", 0.05)):
-        m = measure_caps(runs, idle)
-        print(f"  {label:<24} plain {m['plain']:6.2f}  capped {m['capped']:6.2f}  "
-              f"added {m['capped'] - m['plain']:+6.2f}")
+        m = measure_caps(runs, idle, rows)
+        line = (f"  {label:<24} plain {m['plain']:6.2f}  capped {m['capped']:6.2f}  "
+                f"added {m['capped'] - m['plain']:+6.2f}")
+        if v2:
+            line += f"  | by a write instead: added {m['written'] - m['plain']:+6.2f}"
+        print(line)
 
 
 def report(medians: dict[str, float], runs: int) -> None:

@@ -61,14 +61,32 @@ _PDB_MESSAGE = ("--pdb cannot debug a test inside a container (its process has n
                 "tests in-process while debugging")
 
 
+WARM_ASKED = pytest.StashKey[bool]()
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Start the zygote at the first item that will be isolated: its start-up (a fresh
+    interpreter) then overlaps the rest of collection instead of delaying the first test."""
+    config = item.config
+    if config.stash.get(WARM_ASKED, False) or config.option.collectonly:
+        return
+    options = config.stash[OPTIONS]
+    if options.mode == "all" or (options.mode == "marked" and item.get_closest_marker("isolated")):
+        config.stash[WARM_ASKED] = True
+        _prepare_warm(options)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     options = config.stash[OPTIONS]
     if config.getoption("usepdb", False) and options.mode == "marked":
         marked = [i.nodeid for i in items if i.get_closest_marker("isolated")]
         if marked:
             raise pytest.UsageError(f"{_PDB_MESSAGE} ({len(marked)} marked, e.g. {marked[0]})")
-    if (options.mode == "all" and items) or (
+    if config.stash.get(WARM_ASKED, False) or config.option.collectonly:
+        return
+    if (options.mode == "all" and items) or (  # markers other plugins added since collection
             options.mode == "marked" and any(i.get_closest_marker("isolated") for i in items)):
+        config.stash[WARM_ASKED] = True
         _prepare_warm(options)
 
 

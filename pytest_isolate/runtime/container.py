@@ -46,6 +46,7 @@ mount namespace and vanish with it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -620,6 +621,38 @@ def _stdio_pipes(child_stdio: dict[int, int | None]) -> tuple[dict[int, int], di
     return parent_ends, child_ends
 
 
+_clone3_usable = True  # until the kernel or libc says otherwise (see _fork)
+
+
+def _fork(cgroup: Driver) -> tuple[int, bool]:
+    """os.fork(), with the child born in its cgroup where the kernel can do that: cgroup v2,
+    clone3(CLONE_INTO_CGROUP), a single-threaded caller (see syscalls.fork_into_cgroup).
+    Returns (pid, born_in_place); not born in place, the parent writes cgroup.procs (_place).
+    Being born there saves that write, which takes the cgroup lock and can wait out an RCU
+    grace period (milliseconds) after idle time."""
+    global _clone3_usable
+    where = cgroup.birth_dir() if _clone3_usable else None
+    if where is not None and sc.can_fork_into_cgroup():
+        fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return sc.fork_into_cgroup(fd), True
+        except OSError as e:
+            if e.errno in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.E2BIG):
+                _clone3_usable = False  # this kernel or libc: no point asking again
+            # else (EPERM, say): fall back to the write, which reports the cause if it fails
+        finally:
+            os.close(fd)  # in the parent, and in the child
+    return os.fork(), False
+
+
+def _placed_at_birth(born: bool, place_r: int | None) -> int | None:
+    """In the child: the "placed" pipe to wait on, or None when born in the cgroup."""
+    if born and place_r is not None:
+        _close(place_r)
+        return None
+    return place_r
+
+
 def _place(launch: _Launch, place_w: int) -> None:
     """Put the container in its cgroup, then let it go on (it waits before any user code)."""
     try:
@@ -653,16 +686,18 @@ def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
             {netns_fd} if netns_fd is not None else set())
         workload = workload_factory(child_ends)
         if userns:
-            pid = os.fork()
+            pid, born = _fork(cgroup)
             if pid == 0:
                 _close_foreign(first_keep)
+                place_r = _placed_at_birth(born, place_r)
                 _in_child(result_w, lambda: _outer_stage(spec, plan, workload, result_w, alive_r,
                                                          keep, place_r, netns_fd))
         else:
             with namespaces.pid_namespace_for_next_fork():
-                pid = os.fork()
+                pid, born = _fork(cgroup)
                 if pid == 0:
                     _close_foreign(first_keep)
+                    place_r = _placed_at_birth(born, place_r)
                     _in_child(result_w, lambda: _init_stage(spec, plan, workload, result_w,
                                                             alive_r, keep, unshared=False,
                                                             userns=False, place_r=place_r,
@@ -671,8 +706,10 @@ def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
                    *(fd for t, fd in child_ends.items() if t in parent_ends)):
             _close(fd)
     launch = _Launch(pid, result_r, alive_w, parent_ends, cgroup, link)
-    if capped:
+    if capped and not born:
         _place(launch, place_w)
+    else:
+        _close(place_w)
     return launch
 
 
@@ -694,10 +731,11 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
             keep = {result_w, *child_ends.values()}
             workload = workload_factory(child_ends)
             with init.pid_namespace_for_next_fork():
-                pid = os.fork()
+                pid, born = _fork(cgroup)
                 if pid == 0:
+                    place_r = _placed_at_birth(born, place_r)
                     _warm_stage(spec, init, workload, result_w,
-                                keep | ({place_r} if capped else set()), place_r)
+                                keep | ({place_r} if place_r is not None else set()), place_r)
             for fd in (result_w, place_r,
                        *(fd for t, fd in child_ends.items() if t in parent_ends)):
                 _close(fd)
@@ -706,8 +744,10 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
         init.kill()
         raise
     launch = _Launch(pid, result_r, None, parent_ends, cgroup, None, init)
-    if capped:
+    if capped and not born:
         _place(launch, place_w)
+    else:
+        _close(place_w)
     spares.tidy(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]  # while it runs
     return launch
 

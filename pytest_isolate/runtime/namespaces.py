@@ -12,7 +12,10 @@ from collections.abc import Iterator
 
 from . import syscalls as sc
 from .errors import SetupError, hint_for
-from .spec import Spec
+
+TYPE_CHECKING = False  # the zygote imports this module: spec.py (dataclasses) is not needed
+if TYPE_CHECKING:
+    from .spec import Spec
 
 
 def namespace_flags(spec: Spec) -> int:

@@ -7,14 +7,15 @@ so that the caller can wrap it in a `SetupError` naming the step.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import os
-import platform
+import signal
 import socket  # imported here: the steps after pivot_root may find no Python library
 import struct
+import sys
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter links libc: its symbols need no find_library (which runs ldconfig/gcc).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 CLONE_NEWTIME = 0x00000080
 CLONE_NEWNS = 0x00020000
@@ -24,6 +25,9 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_CHILD_CLEARTID = 0x00200000
+CLONE_CHILD_SETTID = 0x01000000
+CLONE_INTO_CGROUP = 0x200000000
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -43,6 +47,7 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 
+_SYS_CLONE3 = 435  # the same on every architecture (added in 5.3, with the unified numbers)
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203,
                    "s390x": 217, "i686": 217, "armv7l": 218}
 
@@ -95,9 +100,9 @@ def setns(fd: int, nstype: int = 0) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    nr = _SYS_PIVOT_ROOT.get(platform.machine())
+    nr = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if nr is None:
-        raise OSError(38, f"pivot_root: unknown syscall number on {platform.machine()}")
+        raise OSError(38, f"pivot_root: unknown syscall number on {os.uname().machine}")
     if _libc.syscall(nr, _enc(new_root), _enc(put_old)) != 0:
         raise _fail(f"pivot_root({new_root!r}, {put_old!r})")
 
@@ -129,3 +134,84 @@ def set_link_up(ifname: str) -> None:
                                                       flags | _IFF_UP))
     except OSError as e:
         raise OSError(e.errno, f"set_link_up({ifname!r}): {e.strerror}") from None
+
+
+# -- fork straight into a cgroup v2 directory ----------------------------------------------------
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
+        "tls", "set_tid", "set_tid_size", "cgroup")]
+
+
+# PyDLL: the call keeps the GIL, as os.fork() keeps it across fork().
+_pylibc = ctypes.PyDLL(None, use_errno=True)
+_pylibc.syscall.restype = ctypes.c_long
+_pylibc.pthread_self.restype = ctypes.c_void_p
+_before_fork = ctypes.pythonapi.PyOS_BeforeFork
+_after_fork_parent = ctypes.pythonapi.PyOS_AfterFork_Parent
+_after_fork_child = ctypes.pythonapi.PyOS_AfterFork_Child
+_tid_offsets: dict[str, int | None] = {}
+
+
+def _tid_slots(want: int) -> set[int]:
+    """Offsets in this thread's glibc descriptor (pthread_self()) that hold `want`."""
+    base = _pylibc.pthread_self()
+    return {off for off in range(0, 1024, 4) if ctypes.c_int.from_address(base + off).value == want}
+
+
+def _tid_offset() -> int | None:
+    """Where glibc caches this thread's id in its descriptor. fork() updates it in the child
+    (CLONE_CHILD_SETTID) and so must we, or pthread calls on pthread_self() (setaffinity,
+    setschedparam) would act on the parent's thread. Accepted only as the one offset in the
+    descriptor's first KiB that holds our thread id (720 on x86-64 glibc 2.26 and later);
+    None otherwise (not glibc, say), and then clone3 is not used."""
+    if "tid" not in _tid_offsets:
+        import threading  # here: the zygote imports this module and never forks this way
+
+        try:
+            found = _tid_slots(threading.get_native_id())
+        except (OSError, ValueError, AttributeError):
+            found = set()
+        _tid_offsets["tid"] = found.pop() if len(found) == 1 else None
+    return _tid_offsets["tid"]
+
+
+def single_threaded() -> bool:
+    """One thread in this process (a /proc/<pid>/task directory links 2 + one per thread)."""
+    return os.stat("/proc/self/task").st_nlink == 3
+
+
+def can_fork_into_cgroup() -> bool:
+    return _tid_offset() is not None and single_threaded()
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """os.fork(), with the child born in the cgroup v2 directory `cgroup_fd`
+    (clone3 CLONE_INTO_CGROUP): no cgroup.procs write, so no wait on the cgroup lock.
+
+    Python's fork bookkeeping runs as in os.fork (PyOS_BeforeFork/AfterFork_*: at-fork
+    handlers, import lock, threads). glibc's own fork steps are skipped; in a single-threaded
+    process they only relock nothing, except pthread_atfork child handlers of C libraries,
+    which do not run. Callers use it only when `can_fork_into_cgroup()`. Raises OSError (no
+    child) where clone3 or CLONE_INTO_CGROUP is refused: ENOSYS before 5.3, EINVAL before
+    5.7, or EOPNOTSUPP when glibc's thread-id slot cannot be found."""
+    offset = _tid_offset()
+    if offset is None:
+        raise OSError(95, "clone3: cannot find glibc's thread-id slot to update in the child")
+    args = _CloneArgs(flags=CLONE_INTO_CGROUP | CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID,
+                      child_tid=_pylibc.pthread_self() + offset,
+                      exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
+    sys.audit("os.fork")
+    _before_fork()
+    pid = _pylibc.syscall(ctypes.c_long(_SYS_CLONE3), ctypes.byref(args),
+                          ctypes.c_size_t(ctypes.sizeof(args)))
+    if pid == 0:
+        _after_fork_child()
+        return 0
+    err = ctypes.get_errno()
+    _after_fork_parent()
+    if pid < 0:
+        raise OSError(err, f"clone3(CLONE_INTO_CGROUP, cgroup fd {cgroup_fd}): "
+                           f"{os.strerror(err)}")
+    return pid

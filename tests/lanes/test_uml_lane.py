@@ -17,6 +17,7 @@ DESELECT = ("tests/integration/test_container.py::"
             "tests/integration/test_network.py::"
             "test_netem_is_refused_naming_the_module_where_the_kernel_lacks_it")
 TESTS = ("tests/unit/test_cgroup_files.py", "tests/integration/test_caps.py",
+         "tests/integration/test_birth_placement.py",
          "tests/integration/test_container.py", "tests/integration/test_nothing_left_behind.py",
          "tests/integration/test_network.py", "tests/integration/test_live_containers.py",
          "examples/test_network_demo.py")

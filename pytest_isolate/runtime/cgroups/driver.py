@@ -31,6 +31,9 @@ class Driver(Protocol):
     def kill(self) -> None: ...
     def destroy(self) -> None: ...
     def try_destroy(self) -> bool: ...
+    def birth_dir(self) -> str | None:
+        """A cgroup v2 directory a child can be forked straight into (clone3), else None."""
+        ...
 
 
 def read(path: str) -> str | None:
@@ -117,3 +120,6 @@ class NoCgroup:
 
     def try_destroy(self) -> bool:
         return True
+
+    def birth_dir(self) -> str | None:
+        return None

@@ -65,3 +65,6 @@ class V1Cgroup:
 
     def try_destroy(self) -> bool:
         return all([try_remove_dir(d) for d in self.dirs.values()])
+
+    def birth_dir(self) -> str | None:
+        return None  # clone3 places only on cgroup v2; v1 joins by cgroup.procs writes

@@ -74,3 +74,6 @@ class V2Cgroup:
 
     def try_destroy(self) -> bool:
         return try_remove_dir(self.dir)
+
+    def birth_dir(self) -> str | None:
+        return self.dir
