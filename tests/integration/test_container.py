@@ -39,6 +39,13 @@ def test_the_workload_is_pid_2_beside_a_real_init(cold, monkeypatch):
     assert run(SPEC, ids).value == [2, parent, True]
 
 
+def test_a_warm_containers_processes_keep_the_normal_scheduling_policy():
+    # The zygote builds at SCHED_IDLE; init and the workload must not inherit it.
+    def policies():
+        return os.sched_getscheduler(1), os.sched_getscheduler(0)
+    assert run(SPEC, policies).value == [os.SCHED_OTHER, os.SCHED_OTHER]
+
+
 def test_hostname_is_set():
     assert run(SPEC, lambda: socket.gethostname()).value == "box"
 
