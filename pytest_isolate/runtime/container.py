@@ -38,6 +38,10 @@ root filesystem ahead, so the caller only forks the workload, born in init's pid
 (pid 2); the workload setns(pidfd) into mnt/uts/ipc/net, waits for "placed" when capped,
 unshares its cgroup namespace and runs. The caller kills init when the workload exits.
 
+Cgroup placement (capped only): on cgroup v2 the first process is forked straight into its
+cgroup (clone3 CLONE_INTO_CGROUP, see _fork) and waits for nothing; otherwise the parent
+writes its pid to cgroup.procs while it sets up and it waits for "placed" before user code.
+
 Killing the parent's direct child tears everything down: PDEATHSIG chains outer -> init, and
 when init exits the kernel kills the whole pid namespace; all mounts live in the container's
 mount namespace and vanish with it.
