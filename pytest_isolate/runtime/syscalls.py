@@ -169,10 +169,13 @@ def _tid_offset() -> int | None:
     if "tid" not in _tid_offsets:
         import threading  # here: the zygote imports this module and never forks this way
 
+        found: set[int] = set()
         try:
-            found = _tid_slots(threading.get_native_id())
+            # glibc only: its descriptor is larger than the KiB read; another libc's may not be.
+            if (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc "):
+                found = _tid_slots(threading.get_native_id())
         except (OSError, ValueError, AttributeError):
-            found = set()
+            pass
         _tid_offsets["tid"] = found.pop() if len(found) == 1 else None
     return _tid_offsets["tid"]
 
