@@ -139,6 +139,14 @@ def probe_cgroups() -> list[Feature]:
         out.append(Feature(f"cgroup controller {ctl}", ok, "writable" if ok else "not writable",
                            "" if ok else "run as root, or in a delegated cgroup v2 subtree "
                            "(systemd-run --user --scope -p Delegate=yes ...)"))
+    # How a capped container joins its cgroup: informational, either way works.
+    if mode != "v2":
+        how = f"by a cgroup.procs write (cgroup {mode})"
+    elif sc.can_fork_into_cgroup():
+        how = "at birth (clone3 CLONE_INTO_CGROUP)"
+    else:
+        how = "by a cgroup.procs write (clone3 refused, or this process has threads)"
+    out.append(Feature("cgroup placement", True, how))
     return out
 
 

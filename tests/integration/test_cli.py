@@ -64,6 +64,12 @@ def test_check_lists_every_probe_with_a_verdict():
         assert name in out
     assert "ok    veth pairs between namespaces" in out
     assert "available" in out.splitlines()[-1]
+    # How capped containers join their cgroup, as the kernel here allows (the CLI has 1 thread).
+    from pytest_isolate.runtime.cgroups import _detect
+
+    placement = next(line for line in out.splitlines() if "cgroup placement" in line)
+    expected = "at birth (clone3" if _detect()[0] == "v2" else "by a cgroup.procs write"
+    assert expected in placement, placement
 
 
 def test_cleanup_runs_and_says_what_it_removed():
