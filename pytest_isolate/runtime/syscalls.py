@@ -7,6 +7,7 @@ so that the caller can wrap it in a `SetupError` naming the step.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import signal
@@ -194,14 +195,15 @@ def fork_into_cgroup(cgroup_fd: int) -> int:
     (clone3 CLONE_INTO_CGROUP): no cgroup.procs write, so no wait on the cgroup lock.
 
     Python's fork bookkeeping runs as in os.fork (PyOS_BeforeFork/AfterFork_*: at-fork
-    handlers, import lock, threads). glibc's own fork steps are skipped; in a single-threaded
-    process they only relock nothing, except pthread_atfork child handlers of C libraries,
-    which do not run. Callers use it only when `can_fork_into_cgroup()`. Raises OSError (no
+    handlers, import lock, threads). glibc's own fork steps are skipped: in a single-threaded
+    process its locks need no resetting, but the pthread_atfork child handlers of C
+    libraries do not run. Callers use it only when `can_fork_into_cgroup()`. Raises OSError (no
     child) where clone3 or CLONE_INTO_CGROUP is refused: ENOSYS before 5.3, EINVAL before
     5.7, or EOPNOTSUPP when glibc's thread-id slot cannot be found."""
     offset = _tid_offset()
     if offset is None:
-        raise OSError(95, "clone3: cannot find glibc's thread-id slot to update in the child")
+        raise OSError(errno.EOPNOTSUPP,
+                      "clone3: cannot find glibc's thread-id slot to update in the child")
     args = _CloneArgs(flags=CLONE_INTO_CGROUP | CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID,
                       child_tid=_pylibc.pthread_self() + offset,
                       exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
