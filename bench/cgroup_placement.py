@@ -23,16 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pytest_isolate.runtime import syscalls as sc
-
-
-def cgroup2_dir() -> str:
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split(" - ")[0].split()[4] for line in f if " - cgroup2 " in line]
-    with open("/proc/self/cgroup") as f:
-        own = next(line.strip()[3:] for line in f if line.startswith("0::"))
-    if not mounts:
-        raise SystemExit("no cgroup2 mount here")
-    return os.path.join(mounts[0], own.lstrip("/"))
+from pytest_isolate.runtime.cgroups import own_v2_dir
 
 
 def _sleeper() -> None:
@@ -77,7 +68,10 @@ def main() -> int:
     a = ap.parse_args()
     if not sc.can_fork_into_cgroup():
         raise SystemExit("clone3 is refused here or this process has threads")
-    where = os.path.join(cgroup2_dir(), f"pti-{os.getpid()}-bench")
+    base = own_v2_dir()
+    if base is None:
+        raise SystemExit("no cgroup2 mount here")
+    where = os.path.join(base, f"pti-{os.getpid()}-bench")
     os.mkdir(where)
     try:
         print(f"placing a child in {where}, median of {a.runs} runs (ms), kernel "

@@ -10,26 +10,15 @@ import textwrap
 
 import pytest
 
+from pytest_isolate.runtime.cgroups import own_v2_dir
 from tests.conftest import NO_DELEGATION, require, require_caps
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _cgroup2_dir() -> str | None:
-    """This process's own directory on a cgroup2 mount (hybrid hosts have one without
-    controllers, which is enough to place a process), or None."""
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split(" - ")[0].split()[4] for line in f if " - cgroup2 " in line]
-    with open("/proc/self/cgroup") as f:
-        own = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
-    if not mounts or own is None:
-        return None
-    return os.path.join(mounts[0], own.lstrip("/"))
-
-
 @pytest.fixture
 def v2_dir():
-    base = _cgroup2_dir()
+    base = own_v2_dir()
     writable = base is not None and os.access(base, os.W_OK)
     if os.geteuid() != 0 and not writable:
         pytest.skip(NO_DELEGATION)
@@ -106,3 +95,20 @@ def test_a_capped_container_joins_its_cgroup_at_birth_on_v2_and_by_a_write_on_v1
         assert writes == "0", "on cgroup v2 the container must be born in its cgroup"
     else:
         assert writes == "1", f"{mode}: the container must be placed by one cgroup.procs write"
+
+
+def test_cleanup_finds_a_dead_runs_cgroup_on_a_controller_less_cgroup2_mount(v2_dir):
+    # v2_dir's parent is this process's cgroup2 directory; on a hybrid host it has no
+    # controllers, yet a killed bench or test may leave a `pti-` directory there.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = os.path.join(os.path.dirname(v2_dir), f"pti-{dead.pid}-birth")
+    os.mkdir(left)
+    try:
+        cli = subprocess.run([sys.executable, "-m", "pytest_isolate", "cleanup"],
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
+        assert cli.returncode == 0, cli.stderr
+        assert not os.path.exists(left), cli.stdout
+    finally:
+        if os.path.exists(left):
+            os.rmdir(left)

@@ -48,12 +48,29 @@ def _read_mountinfo() -> str:
         return f.read()
 
 
+def _memberships() -> list[list[str]]:
+    with open("/proc/self/cgroup") as f:
+        return [line.strip().split(":", 2) for line in f if line.strip()]
+
+
+def own_v2_dir(mountinfo_text: str | None = None) -> str | None:
+    """This process's directory on the cgroup2 mount, with or without controllers (a hybrid
+    host's has none, but a process can still be placed there), or None without cgroup2."""
+    mounts = parse_mountinfo(mountinfo_text if mountinfo_text is not None
+                             else _read_mountinfo())
+    own = next((path for hid, names, path in _memberships() if hid == "0" and names == ""),
+               None)
+    mount = next((m for m in mounts if m.fstype == "cgroup2"), None)
+    if own is None or mount is None:
+        return None
+    return os.path.normpath(os.path.join(mount.mountpoint, own.lstrip("/")))
+
+
 def own_cgroup_dirs(mountinfo_text: str | None = None) -> dict[str, str]:
     """controller -> the directory of this process's cgroup for it (v1 hierarchies or v2)."""
     mounts = parse_mountinfo(mountinfo_text if mountinfo_text is not None
                              else _read_mountinfo())
-    with open("/proc/self/cgroup") as f:
-        memberships = [line.strip().split(":", 2) for line in f if line.strip()]
+    memberships = _memberships()
     out: dict[str, str] = {}
     for m in mounts:
         if m.fstype == "cgroup":
@@ -85,7 +102,8 @@ def writable_controllers() -> set[str]:
 def _pti_cgroups() -> list[tuple[int, str]]:
     """(owner pid, path) of every `pti-<pid>-<n>` cgroup below this process's cgroups."""
     found = []
-    for d in set(own_cgroup_dirs().values()):
+    v2 = own_v2_dir()  # scanned even without controllers: bench and tests place children there
+    for d in set(own_cgroup_dirs().values()) | ({v2} if v2 else set()):
         try:
             names = os.listdir(d)
         except OSError:
