@@ -46,6 +46,33 @@ def test_a_warm_containers_processes_keep_the_normal_scheduling_policy():
     assert run(SPEC, policies).value == [os.SCHED_OTHER, os.SCHED_OTHER]
 
 
+@pytest.mark.parametrize("settle", [True, False], ids=["at-last-frame", "at-exit"])
+def test_a_big_caller_goes_on_at_the_last_frame_with_the_same_outcomes(settle, monkeypatch):
+    # A caller above SETTLE_EARLY_BYTES does not wait for its forked copy to exit; what it
+    # reports must not change, and the copy must still be reaped. (Warm containers only:
+    # rootless, the caller's child is the outer stage, which reports the exit.)
+    from pytest_isolate.runtime import container
+
+    monkeypatch.setattr(container, "SETTLE_EARLY_BYTES", 0 if settle else 1 << 62)
+
+    def boom():
+        raise KeyError("k")
+    outcomes = {}
+    for name, func in [("return", lambda: os.getpid()), ("raise", boom),
+                       ("exit", lambda: os._exit(3))]:
+        proc = start(SPEC, func)
+        r = proc.wait()
+        expected = settle and name != "exit" and warm.eligible(SPEC)
+        assert (proc._settled is not None) == expected, name
+        outcomes[name] = (r.value, r.error and r.error.type, r.exit_status, r.signal)
+        pid = proc._launch.pid
+        container._reap_exiting(block=True)
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped, not left a zombie
+    assert outcomes == {"return": (2, None, 0, None), "raise": (None, "KeyError", 1, None),
+                        "exit": (None, None, 3, None)}
+
+
 def test_hostname_is_set():
     assert run(SPEC, lambda: socket.gethostname()).value == "box"
 
