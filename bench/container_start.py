@@ -68,11 +68,16 @@ def measure(runs: int, warmup: int = 10) -> dict[str, float]:
 CAPS = Resources(cpu=1.0, memory="256M", pids=256)
 
 
-def measure_caps(runs: int, idle: float, rows: tuple[str, ...]) -> dict[str, float]:
+def measure_caps(runs: int, idle: float, rows: tuple[str, ...]
+                 ) -> tuple[dict[str, float], dict[str, tuple[float, float, float]]]:
     """Capped vs plain containers, alternating; `idle` seconds of sleep before each one, as
     real tests are spaced (the first cgroup.procs write after idle time stalls). Row
     "written": capped, but placed by a cgroup.procs write even where clone3 could place the
-    child at birth (cgroup v2), for comparison."""
+    child at birth (cgroup v2), for comparison.
+
+    Returns the medians by row, and for each capped row the quartiles (25%, 50%, 75%) of what
+    it added over the plain container of the same round: paired, so that the machine's drift
+    over the run cancels out."""
     specs = {"plain": Spec(), "capped": Spec(resources=CAPS), "written": Spec(resources=CAPS)}
     samples: dict[str, list[float]] = {name: [] for name in rows}
 
@@ -92,7 +97,11 @@ def measure_caps(runs: int, idle: float, rows: tuple[str, ...]) -> dict[str, flo
             t = time.perf_counter()
             once(name)
             samples[name].append((time.perf_counter() - t) * 1000)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    added = {}
+    for name in rows[1:]:
+        diffs = [c - p for c, p in zip(samples[name], samples["plain"], strict=True)]
+        added[name] = tuple(statistics.quantiles(diffs, n=4))
+    return {name: statistics.median(v) for name, v in samples.items()}, added
 
 
 def report_caps(runs: int) -> None:
@@ -100,13 +109,16 @@ def report_caps(runs: int) -> None:
     rows = ("plain", "capped", "written") if v2 else ("plain", "capped")
     how = "born in its cgroup (clone3)" if v2 and can_fork_into_cgroup() else \
         "placed by cgroup.procs writes"
-    print(f"cost of cpu+memory+pids caps, median of {runs} runs (ms); capped: {how}")
+    print(f"cost of cpu+memory+pids caps, {runs} runs (ms); capped: {how}")
+    print("  added: median of (capped - plain) within each round [quartiles]")
     for label, idle in (("back to back", 0.0), ("50 ms idle before each", 0.05)):
-        m = measure_caps(runs, idle, rows)
+        m, added = measure_caps(runs, idle, rows)
+        q = added["capped"]
         line = (f"  {label:<24} plain {m['plain']:6.2f}  capped {m['capped']:6.2f}  "
-                f"added {m['capped'] - m['plain']:+6.2f}")
+                f"added {q[1]:+6.2f} [{q[0]:+.2f}, {q[2]:+.2f}]")
         if v2:
-            line += f"  | by a write instead: added {m['written'] - m['plain']:+6.2f}"
+            w = added["written"]
+            line += f"  | by a write instead: added {w[1]:+6.2f} [{w[0]:+.2f}, {w[2]:+.2f}]"
         print(line)
 
 
