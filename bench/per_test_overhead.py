@@ -4,8 +4,10 @@
 
 Runs a suite of N trivial tests in a subprocess under several options, round-robin for
 --rounds rounds, and prints the median wall time of each row, the per-test overhead over the
-plain row ((row - plain) / N) and the ratio ours / pytest-forked. The "500 MB" rows hold 500 MB
-of touched memory in the pytest process (fork and exit cost grows with the parent's memory).
+plain row ((row - plain) / N) and the ratio ours / pytest-forked, also taken within each round
+(median [lowest, highest]), which the machine's drift over the run does not move. The
+"500 MB" rows hold 500 MB of touched memory in the pytest process (fork and exit cost grows
+with the parent's memory).
 All rows run in the pytest 8.4.2 venv scripts/setup.sh builds: pytest-forked 1.7.5 is broken on
 pytest 9.
 """
@@ -93,16 +95,27 @@ def main() -> None:
         print(f"{name:<26}{med[name]:>9.2f}{per:>13.2f}")
         return per
 
+    def paired(name: str, forked: str, base: str) -> str:
+        """The ratio within each round (rows of one round ran seconds apart, so the
+        machine's drift over the run cancels out): median [lowest, highest]."""
+        r = [(o - p) / (f - p) for o, f, p in zip(times[name], times[forked], times[base],
+                                                     strict=True)]
+        return f"{statistics.median(r):.2f} [{min(r):.2f}, {max(r):.2f}]"
+
     show("plain", "plain")
     forked = show("--forked", "plain")
     ours = show("--isolate=all", "plain")
     caps = show("--isolate=all + caps", "plain")
     print(f"ratio ours/forked: {ours / forked:.2f} (caps: {caps / forked:.2f})")
+    print(f"  paired by round: {paired('--isolate=all', '--forked', 'plain')} "
+          f"(caps: {paired('--isolate=all + caps', '--forked', 'plain')})")
     if not a.no_big:
         show("plain, 500 MB", "plain, 500 MB")
         f_big = show("--forked, 500 MB", "plain, 500 MB")
         o_big = show("--isolate=all, 500 MB", "plain, 500 MB")
         print(f"ratio ours/forked with 500 MB: {o_big / f_big:.2f}")
+        print("  paired by round: "
+              + paired("--isolate=all, 500 MB", "--forked, 500 MB", "plain, 500 MB"))
 
 
 if __name__ == "__main__":
