@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -103,6 +104,25 @@ def test_figures_are_there_for_a_capped_run_and_absent_without_caps():
 
 
 @pytest.mark.usefixtures("caps")
+@pytest.mark.usefixtures("caps")
+@pytest.mark.parametrize("warm", ["warm", "cold"])
+def test_a_failed_placement_kills_the_container_and_leaves_no_cgroup(monkeypatch, warm):
+    from pytest_isolate.runtime.cgroups.v1 import V1Cgroup
+    from pytest_isolate.runtime.cgroups.v2 import V2Cgroup
+
+    def refuse(self, pid):
+        raise OSError(errno.EACCES, "placement refused (by the test)")
+
+    for driver in (V1Cgroup, V2Cgroup):
+        monkeypatch.setattr(driver, "add_process", refuse)
+        monkeypatch.setattr(driver, "birth_dir", lambda self: None)  # placed by a write
+    if warm == "cold":
+        monkeypatch.setenv("PYTEST_ISOLATE_NO_WARM", "1")
+    with pytest.raises(OSError, match="placement refused"):
+        run(Spec(resources=Resources(pids=64)), int, 7)
+    # the caps fixture checks that no cgroup of this process remains
+
+
 def test_a_cgroup_left_by_a_killed_parent_is_removed_by_cleanup():
     script = textwrap.dedent("""
         from pytest_isolate.runtime import Spec, Resources
