@@ -104,7 +104,6 @@ def test_figures_are_there_for_a_capped_run_and_absent_without_caps():
 
 
 @pytest.mark.usefixtures("caps")
-@pytest.mark.usefixtures("caps")
 @pytest.mark.parametrize("warm", ["warm", "cold"])
 def test_a_failed_placement_kills_the_container_and_leaves_no_cgroup(monkeypatch, warm):
     from pytest_isolate.runtime.cgroups.v1 import V1Cgroup
@@ -123,6 +122,7 @@ def test_a_failed_placement_kills_the_container_and_leaves_no_cgroup(monkeypatch
     # the caps fixture checks that no cgroup of this process remains
 
 
+@pytest.mark.usefixtures("caps")
 def test_a_cgroup_left_by_a_killed_parent_is_removed_by_cleanup():
     script = textwrap.dedent("""
         from pytest_isolate.runtime import Spec, Resources
