@@ -122,7 +122,9 @@ def main() -> None:
     # SCHED_IDLE: build only on a CPU nobody else wants. Racing the caller's freshly forked
     # test for a CPU cost 0.6-0.9 ms per test on 2 CPUs (bench/per_test_overhead.py). The
     # caller never starves it: when it waits for a container its own CPU goes idle. Each
-    # init returns to SCHED_OTHER before it says "ready".
+    # init returns to SCHED_OTHER before it says "ready". It is not "only on an idle CPU":
+    # under EEVDF (Linux 6.6+) a waiting SCHED_IDLE task is still picked beside a running
+    # test at times (docs/explanation/architecture.md, "Where the remaining gap is").
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     os.chdir("/")
     serve(sock)
