@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 
-from . import namespaces
+from . import namespaces, rootfs
 from . import syscalls as sc
 from .errors import SetupError
 from .spec import Spec
@@ -84,8 +84,10 @@ class _Pool:
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, cwd="/")
         theirs.close()
         self.pending: str | None = None
+        self.asked_at = 0  # mount_generation() when the pending container was asked for
 
     def _ask(self, network: str) -> None:
+        self.asked_at = rootfs.mount_generation()
         self.sock.send(json.dumps({"network": network}).encode())
         self.pending = network
 
@@ -111,8 +113,10 @@ class _Pool:
             warm = None
             if self.pending is not None:
                 shape = self.pending
+                # A host mount made since the ask may be missing from the one built ahead.
+                stale = self.asked_at != rootfs.mount_generation()
                 warm = self._answer()
-                if shape != network:
+                if shape != network or stale:
                     warm.kill()
                     warm = None
             if warm is None:

@@ -15,10 +15,11 @@ def no_leftovers():
     """Asserts that a test leaves no child process, open fd or host mount behind. The zygote
     (warm containers) is a deliberate helper of the process: it is shut down on both sides,
     so that what it leaves behind is checked too."""
-    from pytest_isolate.runtime import warm
+    from pytest_isolate.runtime import rootfs, warm
 
     def snapshot():
         warm.shutdown()
+        rootfs.host_plan(split=False)  # its mount-table watch holds one fd for the process
         with open("/proc/self/mountinfo") as f:
             mounts = f.read()
         return mounts, sorted(os.listdir("/proc/self/fd"))

@@ -193,6 +193,67 @@ def test_a_tmpfs_mounted_on_the_host_before_start_is_visible_inside(tmp_path):
         sc.umount2(str(mnt))
 
 
+def test_a_host_mount_made_after_a_container_was_built_ahead_is_visible_in_the_next(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("rootless: mounting a tmpfs on the host needs root")
+    from pytest_isolate.runtime import syscalls as sc
+
+    assert run(SPEC, os.getpid).value == 2  # the zygote builds the next one now
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    sc.mount("pti-test", str(mnt), "tmpfs", 0)
+    try:
+        (mnt / "hello").write_text("mounted after the build")
+        assert run(SPEC, (mnt / "hello").read_text).value == "mounted after the build"
+    finally:
+        sc.umount2(str(mnt))
+
+
+def test_the_mount_table_watch_reads_again_only_after_a_change(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("rootless: mounting a tmpfs on the host needs root")
+    from pytest_isolate.runtime import rootfs
+    from pytest_isolate.runtime import syscalls as sc
+
+    watch = rootfs.MountTableWatch()
+    try:
+        first = watch.text()
+        assert watch.text() is first  # not read again
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        sc.mount("pti-test", str(mnt), "tmpfs", 0)
+        try:
+            assert f" {mnt} " in watch.text()
+        finally:
+            sc.umount2(str(mnt))
+        assert f" {mnt} " not in watch.text()
+    finally:
+        watch.forget()
+
+
+def test_dev_holds_the_standard_devices_usable_by_any_user():
+    def look(switch_user: bool):
+        import stat
+        nodes = {}
+        for name in ("null", "zero", "full", "random", "urandom", "tty"):
+            st = os.stat(f"/dev/{name}")
+            nodes[name] = [stat.S_ISCHR(st.st_mode), stat.S_IMODE(st.st_mode), st.st_rdev]
+        if switch_user:  # nobody: the modes must let any user read and write
+            os.setgid(65534)
+            os.setuid(65534)
+        with open("/dev/null", "w") as f:
+            f.write("gone")
+        with open("/dev/zero", "rb") as f:
+            zeros = f.read(4)
+        return nodes, zeros == bytes(4)
+    # Root makes its own nodes, rootless binds the host's: the same devices either way.
+    nodes, zeros = run(SPEC, look, os.geteuid() == 0).value
+    for name, (is_char, mode, rdev) in nodes.items():
+        assert is_char and mode == 0o666, name
+        assert rdev == os.stat(f"/dev/{name}").st_rdev, name
+    assert zeros
+
+
 def test_an_orphaned_grandchild_is_reaped():
     def orphan_maker():
         pid = os.fork()
