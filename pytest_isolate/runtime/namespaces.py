@@ -107,7 +107,23 @@ def enter_time_namespace(monotonic: float, boottime: float) -> None:
                          str(e)) from None
 
 
+def _uts_namespace() -> int:
+    return os.stat("/proc/self/ns/uts").st_ino
+
+
+# The UTS namespace this process was started in: its hostname belongs to whoever made it (the
+# host, as a rule), so set_hostname refuses to change it, whatever path led there.
+_STARTED_IN = _uts_namespace()
+
+
 def set_hostname(name: str) -> None:
+    """Name the container; only ever after unshare or setns of CLONE_NEWUTS."""
+    if _uts_namespace() == _STARTED_IN:
+        raise SetupError("sethostname", name, None,
+                         "refused: this process is still in the UTS namespace it started in, "
+                         "whose name is not ours to change",
+                         "a bug in pytest-isolate: the hostname step ran before the container's "
+                         "own UTS namespace existed; please report it")
     try:
         sc.sethostname(name)
     except OSError as e:

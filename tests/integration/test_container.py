@@ -77,6 +77,15 @@ def test_hostname_is_set():
     assert run(SPEC, lambda: socket.gethostname()).value == "box"
 
 
+def test_the_hostname_step_refuses_the_namespace_the_caller_started_in():
+    from pytest_isolate.runtime import namespaces
+
+    name = socket.gethostname()  # were the guard gone, the host would get its own name again
+    with pytest.raises(SetupError, match="still in the UTS namespace it started in"):
+        namespaces.set_hostname(name)
+    assert socket.gethostname() == name
+
+
 def test_only_loopback_exists_and_is_up():
     def links():
         with open("/sys/class/net/lo/operstate") as f:
