@@ -15,6 +15,7 @@ directory every Linux host has, whose host content the container never needs (it
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import errno
 import os
@@ -218,21 +219,29 @@ class MountTableWatch:
         self._ns = 0  # inode of the mount namespace the file was opened in
         self._text = ""
         self._poll = select.poll()
+        self._lock = _thread.allocate_lock()  # a poll object refuses concurrent use
         self.generation = 0  # counts the reads: a new value means the table may have changed
 
     def text(self) -> str:
         ns = os.stat("/proc/self/ns/mnt").st_ino
-        if self._fd < 0 or ns != self._ns:
-            self.forget()
-            self._fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
-            self._poll.register(self._fd, select.POLLPRI)
-            self._ns = ns
-            self._text = self._read()
-        elif self._poll.poll(0):
-            self._text = self._read()
-        return self._text
+        with self._lock:
+            if self._fd < 0 or ns != self._ns:
+                self._forget()
+                self._fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+                self._poll.register(self._fd, select.POLLPRI)
+                self._ns = ns
+                self._text = self._read()
+            elif self._poll.poll(0):
+                self._text = self._read()
+            return self._text
 
     def forget(self) -> None:
+        """Close the file. Runs in every forked child: a container must not hold the host's
+        mount table open, and the lock may have been held by another thread at the fork."""
+        self._lock = _thread.allocate_lock()
+        self._forget()
+
+    def _forget(self) -> None:
         if self._fd >= 0:
             self._poll = select.poll()
             with contextlib.suppress(OSError):

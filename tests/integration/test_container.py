@@ -263,6 +263,28 @@ def test_dev_holds_the_standard_devices_usable_by_any_user():
     assert zeros
 
 
+def test_the_mount_table_watch_is_safe_from_several_threads():
+    import threading
+
+    from pytest_isolate.runtime import rootfs
+
+    watch, errors = rootfs.MountTableWatch(), []
+
+    def hammer():
+        try:
+            for _ in range(3000):
+                watch.text()
+        except Exception as e:  # without its lock: "concurrent poll() invocation"
+            errors.append(e)
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    watch.forget()
+    assert not errors
+
+
 def test_an_orphaned_grandchild_is_reaped():
     def orphan_maker():
         pid = os.fork()
