@@ -107,8 +107,11 @@ def enter_time_namespace(monotonic: float, boottime: float) -> None:
                          str(e)) from None
 
 
-def _uts_namespace() -> int:
-    return os.stat("/proc/self/ns/uts").st_ino
+def _uts_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/uts").st_ino
+    except OSError:  # no /proc, or no UTS namespaces: then unshare fails before this matters
+        return None
 
 
 # The UTS namespace this process was started in: its hostname belongs to whoever made it (the
@@ -118,7 +121,7 @@ _STARTED_IN = _uts_namespace()
 
 def set_hostname(name: str) -> None:
     """Name the container; only ever after unshare or setns of CLONE_NEWUTS."""
-    if _uts_namespace() == _STARTED_IN:
+    if _STARTED_IN is not None and _uts_namespace() == _STARTED_IN:
         raise SetupError("sethostname", name, None,
                          "refused: this process is still in the UTS namespace it started in, "
                          "whose name is not ours to change",
