@@ -262,6 +262,11 @@ os.register_at_fork(after_in_child=_mount_table.forget)  # a container must not 
 _plan_cache: dict[str, tuple[Layer, ...]] = {}
 
 
+def mount_table() -> str:
+    """This process's /proc/self/mountinfo, read again only after a mount or unmount."""
+    return _mount_table.text()
+
+
 def mount_generation() -> int:
     """Changes whenever this process's mount table may have changed (cheap: one poll)."""
     _mount_table.text()
@@ -271,7 +276,7 @@ def mount_generation() -> int:
 def host_plan(split: bool) -> tuple[Layer, ...]:
     """The host tree plan, recomputed only when the mount table changed, or (split, whose plan
     lists the top-level entries one by one) the "/" listing."""
-    text = _mount_table.text()
+    text = mount_table()
     fs = HostFS()
     key = f"{split}\n{text}{fs.entries('/')!r}" if split else text
     plan = _plan_cache.get(key)

@@ -11,7 +11,7 @@ import os
 
 from .. import state
 from ..errors import UnsupportedError
-from ..rootfs import parse_mountinfo
+from ..rootfs import mount_table, parse_mountinfo
 from .driver import Driver, NoCgroup, new_name, remove_dir
 from .files import CgroupStats
 from .v1 import V1Cgroup
@@ -44,8 +44,7 @@ def detect_mode(mountinfo_text: str) -> str:
 
 
 def _read_mountinfo() -> str:
-    with open("/proc/self/mountinfo") as f:
-        return f.read()
+    return mount_table()  # the same string object while the table is unchanged
 
 
 def _memberships() -> list[list[str]]:
