@@ -13,8 +13,9 @@ from _pytest.runner import CallInfo, call_and_report
 from _pytest.skipping import evaluate_skip_marks, evaluate_xfail_marks, xfailed_key
 
 __all__ = ["CallInfo", "call_and_report", "drop_request", "get_reraise_exceptions",
-           "prepare_wider_fixtures", "reset_request", "setup_state",
-           "skip_reason", "store_xfail", "teardown_item_only"]
+           "has_report_sections", "prepare_wider_fixtures", "reset_request", "setup_state",
+           "skip_reason", "store_xfail", "teardown_item_only", "teardown_needed",
+           "wider_setup_needed"]
 
 
 def get_reraise_exceptions(config: pytest.Config) -> tuple[type[BaseException], ...]:
@@ -52,6 +53,34 @@ def teardown_item_only(item: pytest.Item) -> Callable[[], None]:
 
     state.teardown_exact = teardown_exact
     return lambda: setattr(state, "teardown_exact", original)
+
+
+def wider_setup_needed(item: pytest.Item) -> bool:
+    """Whether prepare_wider_fixtures may run anything for the item: a collector of its chain
+    is not set up yet, or it uses a fixture wider than function scope (set up or reused: only
+    pytest's own lookup can tell). When not, the caller can skip capturing around it."""
+    if list(setup_state(item).stack) != item.parent.listchain():
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name in item.fixturenames:
+        defs = info.name2fixturedefs.get(name)
+        if defs and defs[-1].scope != "function":
+            return True
+    return False
+
+
+def teardown_needed(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    """Whether SetupState.teardown_exact(nextitem) would tear anything down (its own test)."""
+    stack = setup_state(item).stack
+    needed = nextitem.listchain() if nextitem is not None else []
+    return bool(stack) and list(stack) != needed[:len(stack)]
+
+
+def has_report_sections(item: pytest.Item) -> bool:
+    """Whether output captured in this process waits to go into the item's next report."""
+    return bool(getattr(item, "_report_sections", None))
 
 
 def prepare_wider_fixtures(item: pytest.Item) -> None:

@@ -154,14 +154,17 @@ def _start(item: pytest.Item, settings: ItemSettings | SettingError, options: Op
         pytest.skip(reason)  # no container for a skipped test
     if blocker is not None:
         _unsupported(blocker, options)
-    with _captured(item, "setup"):
-        pp.prepare_wider_fixtures(item)
+    if pp.wider_setup_needed(item):  # else nothing runs: no output to capture
+        with _captured(item, "setup"):
+            pp.prepare_wider_fixtures(item)
     spec = settings.spec
     if options.keep != "never":
         spec = replace(spec, keep_dir=_fresh_keep_dir(item))
     item.stash[ACTIVE_KEY] = settings
     try:
-        return rt.start(spec, _child, item, scratch, time.monotonic(), spec.resources.timeout)
+        # Returns when the test is done: the pytest process sleeps while its copy runs.
+        return rt.start_until_done(spec, _child, item, scratch, time.monotonic(),
+                                   spec.resources.timeout)
     except UnsupportedError as e:
         _unsupported(e, options)
         raise  # not reached
@@ -343,8 +346,12 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
             ihook.pytest_runtest_logreport(report=reports[when])
     if item.session.shouldfail or item.session.shouldstop or exit_frame:
         nextitem = None
-    parent_td = _teardown_in_parent(item, nextitem)
-    reports["teardown"] = _merge_teardown(reports.get("teardown"), parent_td)
+    child_td = reports.get("teardown")
+    if child_td is None or pp.has_report_sections(item) or pp.teardown_needed(item, nextitem):
+        reports["teardown"] = _merge_teardown(child_td, _teardown_in_parent(item, nextitem))
+    else:
+        # Nothing to tear down here and no output of ours: the container's report is whole.
+        reports["teardown"] = child_td
     if result is not None:
         props = reporting.properties(result, spec)
         for rep in reports.values():

@@ -9,7 +9,15 @@ import importlib
 
 TYPE_CHECKING = False  # not typing's: importing typing costs a fresh interpreter ~20 ms
 if TYPE_CHECKING:
-    from .container import PIPE, ContainerProcess, run, run_command, start, start_command
+    from .container import (
+        PIPE,
+        ContainerProcess,
+        run,
+        run_command,
+        start,
+        start_command,
+        start_until_done,
+    )
     from .errors import IsolationError, SetupError, SpecError, UnsupportedError
     from .result import CommandResult, Result, Stats, WorkloadError, WorkloadFailed
     from .spec import Resources, Spec, TimeOffsets, parse_size, validate
@@ -17,7 +25,8 @@ if TYPE_CHECKING:
 # Public names by module, imported on first use: the zygote (zygote.py) needs only a few
 # modules, and a fresh interpreter's imports are on the path to the first warm container.
 _EXPORTS = {
-    "container": ["PIPE", "ContainerProcess", "run", "run_command", "start", "start_command"],
+    "container": ["PIPE", "ContainerProcess", "run", "run_command", "start", "start_command",
+                  "start_until_done"],
     "errors": ["IsolationError", "SetupError", "SpecError", "UnsupportedError"],
     "result": ["CommandResult", "Result", "Stats", "WorkloadError", "WorkloadFailed"],
     "spec": ["Resources", "Spec", "TimeOffsets", "parse_size", "validate"],
@@ -28,7 +37,7 @@ __all__ = [
     "PIPE", "CommandResult", "ContainerProcess", "IsolationError", "Resources", "Result",
     "SetupError", "Spec", "SpecError", "Stats", "TimeOffsets", "UnsupportedError",
     "WorkloadError", "WorkloadFailed", "parse_size", "run", "run_command", "start",
-    "start_command", "validate",
+    "start_command", "start_until_done", "validate",
 ]
 
 

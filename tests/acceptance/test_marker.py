@@ -165,6 +165,34 @@ def test_mixed_plain_and_isolated_keep_setup_state_in_step(pytester):
         "module teardown", "session teardown"]
 
 
+def test_output_of_wider_fixtures_in_the_pytest_process_goes_into_reports(pytester):
+    # Set up and torn down in the pytest process, around the containers: captured there and
+    # shown in the reports of the tests that caused it, as pytest does; never on the terminal.
+    result = run(pytester, """
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def shared():
+            print("SETUP-OF-SHARED")
+            yield
+            print("TEARDOWN-OF-SHARED")
+
+        @pytest.mark.isolated
+        def test_first(shared): assert False
+
+        @pytest.mark.isolated
+        @pytest.mark.parametrize("n", range(3))
+        def test_more(shared, n): print(f"INSIDE-{n}")
+    """, "-rA")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*_ test_first _*", "*- Captured stdout setup -*",
+                                 "SETUP-OF-SHARED"])
+    result.stdout.fnmatch_lines(["*_ test_more?2? _*", "*- Captured stdout call -*", "INSIDE-2",
+                                 "*- Captured stdout teardown -*", "TEARDOWN-OF-SHARED"])
+    out = result.stdout.str()
+    assert out.count("SETUP-OF-SHARED") == out.count("TEARDOWN-OF-SHARED") == 1
+
+
 def test_markers_on_class_and_module_and_precedence(pytester):
     pytester.makeini("""
         [pytest]
@@ -344,6 +372,43 @@ def test_xdist_two_workers(pytester):
     """, "-p", "xdist", "-n", "2")
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["*8 isolated tests, 0 hit a cap*"])
+
+
+@pytest.mark.parametrize("args, want", [
+    (["--isolate=all"], ["collection: zygote", "finish: zygote"]),
+    (["--isolate=marked"], ["collection: none", "finish: none"]),  # no marked test here
+    (["--isolate=all", "-p", "xdist", "-n", "2"], ["finish: none"]),  # a controller runs none
+], ids=["all", "marked-none", "xdist-controller"])
+def test_the_zygote_starts_before_collection_and_only_where_tests_run(pytester, args, want):
+    if "xdist" in args:
+        pytest.importorskip("xdist")
+    pytester.makeconftest(textwrap.dedent("""
+        import sys
+
+        def _say(session, when):
+            if hasattr(session.config, "workerinput"):
+                return  # an xdist worker: its own process, its own zygote
+            warm = sys.modules.get("pytest_isolate.runtime.warm")
+            up = warm is not None and warm._pool is not None
+            with open("zygote.log", "a") as f:
+                f.write(f"{when}: {'zygote' if up else 'none'}\\n")
+
+        def pytest_collection(session):
+            _say(session, "collection")
+
+        def pytest_sessionfinish(session):
+            _say(session, "finish")
+    """))
+    pytester.makepyfile(test_it="""
+        def test_one(): pass
+        def test_two(): pass
+    """)
+    # A fresh process: the zygote of the process running this test must not count.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    result.assert_outcomes(passed=2)
+    if os.geteuid() != 0:  # warm containers are root's: rootless ones are built cold
+        want = [line.replace("zygote", "none") for line in want]
+    assert (pytester.path / "zygote.log").read_text().splitlines() == want
 
 
 def test_coverage_counts_lines_run_inside(pytester):

@@ -7,12 +7,22 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 
 import pytest
 
-from pytest_isolate.runtime import SetupError, Spec, run, run_command, start, warm
+from pytest_isolate.runtime import (
+    Resources,
+    SetupError,
+    Spec,
+    run,
+    run_command,
+    start,
+    start_until_done,
+    warm,
+)
 from tests.conftest import require, sleeps_with
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -377,6 +387,55 @@ def test_a_missing_program_is_a_setup_error_naming_it():
     with pytest.raises(SetupError, match="no-such-program") as info:
         run_command(SPEC, ["no-such-program"])
     assert info.value.step == "exec" and "PATH" in info.value.hint
+
+
+@pytest.mark.parametrize("cold", [False, True], ids=["warm", "cold"])
+def test_start_until_done_returns_once_the_function_is_done(cold, monkeypatch):
+    if cold:
+        monkeypatch.setenv(warm.DISABLE_ENV, "1")
+    r, w = os.pipe()  # inherited by the container: its last act shows here
+
+    def slow() -> int:
+        time.sleep(0.3)
+        os.write(w, b"x")
+        return 42
+    try:
+        proc = start_until_done(SPEC, slow)
+        os.set_blocking(r, False)
+        assert os.read(r, 1) == b"x"  # BlockingIOError had it returned at the fork
+    finally:
+        os.close(r)
+        os.close(w)
+    assert proc.wait().value == 42
+
+
+def test_start_until_done_stops_sleeping_at_the_specs_timeout():
+    spec = Spec(resources=Resources(timeout=0.5))
+    t0 = time.monotonic()
+    proc = start_until_done(spec, time.sleep, 30)
+    assert time.monotonic() - t0 < 10
+    assert proc.wait().timed_out
+
+
+@pytest.mark.parametrize("cold", [False, True], ids=["warm", "cold"])
+def test_ctrl_c_while_start_until_done_sleeps_leaves_no_container(cold, monkeypatch):
+    if cold:
+        monkeypatch.setenv(warm.DISABLE_ENV, "1")
+    marker = f"{time.time():.6f}"
+    # Raised by this process's SIGINT handler on the main thread, as Ctrl-C would be.
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            start_until_done(SPEC, os.system, f"sleep 1000{marker}")
+    finally:
+        timer.cancel()
+    # A warm container's other processes die with its init, which is not our child: soon,
+    # not necessarily before the call returns. no_leftovers checks our pids, fds and mounts.
+    deadline = time.monotonic() + 5
+    while sleeps_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sleeps_with(marker) == []
 
 
 def test_run_command_timeout_kills_every_process():
