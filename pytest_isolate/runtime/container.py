@@ -174,16 +174,13 @@ class _Launch:
         self.warm_init = warm_init
         # The caller goes on at the workload's last frame, not at its exit (_big_caller).
         self.settles = settles
+        self.exited_fd: int | None = None  # a pidfd of `pid`, left by _sleep_until_done
 
 
 class ContainerProcess:
-    """A running container. `wait()` gives its `Result`; `send_signal` reaches the workload.
+    """A running container. `wait()` gives its `Result`; `send_signal` reaches the workload."""
 
-    `sleep=True` (start_until_done): the constructor returns only once the workload is done.
-    """
-
-    def __init__(self, spec: Spec, launch: _Launch, argv: tuple[str, ...] | None,
-                 sleep: bool = False):
+    def __init__(self, spec: Spec, launch: _Launch, argv: tuple[str, ...] | None):
         self.spec = spec
         self._launch = launch
         self._argv = argv
@@ -195,37 +192,12 @@ class ContainerProcess:
         self._settled: dict | None = None
         self.started = launch.started
         self.stats = Stats()
-        self._pidfd: int | None = None  # the forked child's, kept from the sleep for _pump
+        # The forked child's pidfd when the launch slept (start_until_done), for _pump.
+        self._pidfd, launch.exited_fd = launch.exited_fd, None
         link = launch.link
         # network="veth": the container's eth0 address and the host side's (None otherwise)
         self.ip: str | None = link.ip if link else None
         self.host_ip: str | None = link.host_ip if link else None
-        if sleep:
-            try:
-                self._sleep_until_done()
-            except BaseException:  # Ctrl-C: nothing of the container may outlive the caller
-                self.kill()
-                with contextlib.suppress(Exception):
-                    self._finish()
-                raise
-
-    def _sleep_until_done(self) -> None:
-        """Block, running nothing, until the workload's first frame (a function workload writes
-        one, at its end), its exit, or its timeout. Why: until the forked copy exits, every
-        page this process writes is copied (copy-on-write, about 4 us a page against under
-        1 us after the exit), and its CPU is better left to the copy; so the caller's own
-        bookkeeping (wait(), reports) is better done after this. Measured: 0.6 ms a test less
-        (docs/explanation/architecture.md, "Sleeping through the test")."""
-        launch = self._launch
-        if launch.stdio:  # pipes to drain meanwhile: wait() does that
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self._pidfd = os.pidfd_open(launch.pid)
-        readers = [launch.result_r] + ([self._pidfd] if self._pidfd is not None else [])
-        timeout = self.spec.resources.timeout
-        deadline = None if timeout is None else self.started + timeout
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        select.select(readers, [], [], left)  # retried by Python on EINTR (PEP 475)
 
     @property
     def pid(self) -> int:
@@ -332,7 +304,7 @@ class ContainerProcess:
     def _finish(self) -> tuple[int, dict]:
         """Reap the direct child and release every fd; returns (wait status, last frames)."""
         launch = self._launch
-        if self._pidfd is not None:  # the sleep was cut short (Ctrl-C)
+        if self._pidfd is not None:  # left by the sleep, and no _pump took it over
             os.close(self._pidfd)
             self._pidfd = None
         if self._settled is not None:
@@ -563,7 +535,7 @@ def _workload_stage(spec: Spec, workload, result_w: int, keep: set[int], go_r: i
 
 
 def _warm_stage(spec: Spec, init: warm.WarmInit, workload, result_w: int, keep: set[int],
-                place_r: int | None) -> None:
+                place_r: int | None, capped: bool) -> None:
     """The workload of a warm container: join it, then run. Never returns."""
     try:
         _after_fork_in_child()
@@ -575,10 +547,13 @@ def _warm_stage(spec: Spec, init: warm.WarmInit, workload, result_w: int, keep: 
                              str(e), "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold"
                              ) from None
         os.close(init.pidfd)
-        _wait_placed(place_r)  # the parent's cgroup.procs writes overlapped the setns
-        # A cgroup namespace of our own, made once in our cgroup: /proc/self/cgroup shows "/".
-        namespaces.unshare_namespaces(sc.CLONE_NEWCGROUP)
-        namespaces.set_hostname(spec.hostname)
+        if capped:
+            _wait_placed(place_r)  # the parent's cgroup.procs writes overlapped the setns
+            # A cgroup namespace rooted at our own cgroup: /proc/self/cgroup shows "/". The
+            # joined one (init's) is rooted at the caller's, where an uncapped workload stays.
+            namespaces.unshare_namespaces(sc.CLONE_NEWCGROUP)
+        if spec.hostname != init.hostname:  # else init's name is already the one
+            namespaces.set_hostname(spec.hostname)
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     except BaseException as e:
         err = e if isinstance(e, SetupError) else SetupError(
@@ -690,10 +665,11 @@ def _release_link(link) -> None:
 
 
 def _launch(spec: Spec, workload_factory, child_stdio: dict[int, int | None],
-            link=None) -> _Launch:
-    """Fork the container. child_stdio maps 0/1/2 to PIPE, an fd to hand over, or None."""
+            link=None, sleep: bool = False) -> _Launch:
+    """Fork the container. child_stdio maps 0/1/2 to PIPE, an fd to hand over, or None.
+    `sleep`: return only once a function workload is done (_sleep_until_done)."""
     if link is None and warm.eligible(spec):
-        return _launch_warm(spec, workload_factory, child_stdio)
+        return _launch_warm(spec, workload_factory, child_stdio, sleep)
     userns = spec.wants_userns()
     try:
         plan = None if spec.rootfs or spec.layers else rootfs.host_plan(split=userns)
@@ -710,6 +686,13 @@ def _launch(spec: Spec, workload_factory, child_stdio: dict[int, int | None],
         _release_link(link)
         raise
     spares.tidy(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]  # while it starts
+    if sleep and not child_stdio:
+        try:
+            _sleep_after_launch(launch, spec)
+        except BaseException:
+            cgroup.destroy()
+            _release_link(link)
+            raise
     return launch
 
 
@@ -765,15 +748,60 @@ def _place(launch: _Launch, place_w: int) -> None:
         launch.cgroup.add_process(launch.pid)  # overlaps the container's own setup
         os.write(place_w, b"p")
     except BaseException:
-        os.kill(launch.pid, signal.SIGKILL)
-        os.waitpid(launch.pid, 0)
-        if launch.warm_init is not None:
-            launch.warm_init.kill()
-        for fd in (launch.result_r, launch.alive_w, *launch.stdio.values()):
-            _close(fd)
+        _abandon(launch)
         raise
     finally:
         _close(place_w)
+
+
+def _abandon(launch: _Launch) -> None:
+    """Kill and reap a container nobody will wait for, and close its fds (a failed placement,
+    Ctrl-C during the sleep); the caller removes its cgroup."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(launch.pid, signal.SIGKILL)
+    if launch.warm_init is not None:
+        launch.warm_init.kill()
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(launch.pid, 0)
+    for fd in (launch.result_r, launch.alive_w, launch.exited_fd, *launch.stdio.values()):
+        _close(fd)
+
+
+def _deadline(spec: Spec, started: float) -> float | None:
+    timeout = spec.resources.timeout
+    return None if timeout is None else started + timeout
+
+
+def _sleep_until_done(pid: int, result_r: int, deadline: float | None) -> int | None:
+    """Block, running nothing, until the workload's first frame (a function workload writes
+    one, at its end), the exit of the child `pid`, or the deadline; returns a pidfd of the
+    child, which the wait goes on with (start_until_done).
+
+    Why: the child runs on this process's CPU as soon as this process blocks (measured with
+    perf sched: its first run 0.17 ms after the fork, against 0.63 ms when this process first
+    did its own bookkeeping), and until the child exits every page this process writes is
+    copied (about 4 us a page, against under 1 us after the exit)."""
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:  # not for an unreaped child of ours; the pipe still tells
+        pidfd = None
+    try:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        select.select([result_r] if pidfd is None else [result_r, pidfd], [], [], left)
+    except BaseException:
+        _close(pidfd)
+        raise
+    return pidfd
+
+
+def _sleep_after_launch(launch: _Launch, spec: Spec) -> None:
+    """_sleep_until_done for a container already placed; on Ctrl-C it is killed and reaped."""
+    try:
+        launch.exited_fd = _sleep_until_done(launch.pid, launch.result_r,
+                                             _deadline(spec, launch.started))
+    except BaseException:
+        _abandon(launch)
+        raise
 
 
 def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
@@ -820,7 +848,8 @@ def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
     return launch
 
 
-def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None]) -> _Launch:
+def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None],
+                 sleep: bool = False) -> _Launch:
     """Fork the workload straight into a container the zygote built ahead (see warm.py)."""
     _reap_exiting()
     res = spec.resources
@@ -832,28 +861,48 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
         raise
     capped = not isinstance(cgroup, NoCgroup)
     settles = not capped and not child_stdio and _big_caller()
+    pid: int | None = None
+    pidfd: int | None = None
+    slept = False
+    result_r = result_w = place_r = place_w = None
+    parent_ends: dict[int, int] = {}
+    child_ends: dict[int, int] = {}
     try:
-        with _lock:
-            result_r, result_w = _pipe()
-            place_r, place_w = _pipe() if capped else (None, None)
-            parent_ends, child_ends = _stdio_pipes(child_stdio)
-            keep = {result_w, *child_ends.values()}
-            workload = workload_factory(child_ends)
-            started = time.monotonic()
-            with init.pid_namespace_for_next_fork():
+        with init.pid_namespace_for_next_fork():
+            with _lock:
+                result_r, result_w = _pipe()
+                place_r, place_w = _pipe() if capped else (None, None)
+                parent_ends, child_ends = _stdio_pipes(child_stdio)
+                keep = {result_w, *child_ends.values()}
+                workload = workload_factory(child_ends)
+                started = time.monotonic()
                 pid, born = _fork(cgroup)
                 if pid == 0:
                     place_r = _placed_at_birth(born, place_r)
                     _warm_stage(spec, init, workload, result_w,
-                                keep | ({place_r} if place_r is not None else set()), place_r)
-            for fd in (result_w, place_r,
-                       *(fd for t, fd in child_ends.items() if t in parent_ends)):
-                _close(fd)
-    except BaseException:
+                                keep | ({place_r} if place_r is not None else set()), place_r,
+                                capped)
+            if sleep and not child_stdio and (born or not capped):
+                # At once, before any bookkeeping: the child waits for this CPU.
+                pidfd = _sleep_until_done(pid, result_r, _deadline(spec, started))
+                slept = True
+        for fd in (result_w, place_r,
+                   *(fd for t, fd in child_ends.items() if t in parent_ends)):
+            _close(fd)
+    except BaseException:  # Ctrl-C during the sleep, as a rule
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        for fd in (result_r, result_w, place_r, place_w, pidfd, *parent_ends.values(),
+                   *(fd for t, fd in child_ends.items() if t in parent_ends)):
+            _close(fd)
         cgroup.destroy()
         init.kill()
         raise
     launch = _Launch(pid, result_r, None, parent_ends, cgroup, started, None, init, settles)
+    launch.exited_fd = pidfd
     if capped and not born:
         try:
             _place(launch, place_w)
@@ -862,7 +911,13 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
             raise
     else:
         _close(place_w)
-    spares.tidy(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]  # while it runs
+    if sleep and not child_stdio and not slept:  # capped: once placed
+        try:
+            _sleep_after_launch(launch, spec)
+        except BaseException:
+            cgroup.destroy()
+            raise
+    spares.tidy(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
     return launch
 
 
@@ -876,7 +931,7 @@ def start_until_done(spec: Spec, func: Callable[..., Any], *args: Any,
     """As `start`, but returns only once the function has returned or raised (or the process
     died, or the spec's timeout passed); `wait()` then gives the `Result` at once. For a
     caller with nothing to do meanwhile: it sleeps right after the fork rather than running
-    its own code while its forked copy shares its pages (see ContainerProcess)."""
+    its own code while its forked copy shares its pages (see _sleep_until_done)."""
     return _start_function(spec, func, args, kwargs, sleep=True)
 
 
@@ -889,8 +944,8 @@ def _start_function(spec: Spec, func: Callable[..., Any], args: tuple, kwargs: d
     workdir = _default_workdir(spec)
     spec, link = _network_for(spec)
     launch = _launch(spec, lambda _ends: _function_workload(func, args, kwargs, spec, workdir),
-                     {}, link)
-    return ContainerProcess(spec, launch, None, sleep)
+                     {}, link, sleep)
+    return ContainerProcess(spec, launch, None)
 
 
 def run(spec: Spec, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Result:

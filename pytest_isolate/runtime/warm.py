@@ -45,14 +45,15 @@ def eligible(spec: Spec) -> bool:
 class WarmInit:
     """A ready container: its init's pid and a pidfd that the workload joins through."""
 
-    def __init__(self, pid: int, network: str):
+    def __init__(self, pid: int, network: str, hostname: str):
         self.pid = pid
         self.network = network
+        self.hostname = hostname  # what init named its UTS namespace
         self.pidfd = os.pidfd_open(pid)
 
     @property
     def join_flags(self) -> int:
-        flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
+        flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
         return flags | sc.CLONE_NEWNET if self.network == "none" else flags
 
     def kill(self) -> None:
@@ -101,7 +102,7 @@ class _Pool:
         reply = json.loads(data)
         if "error" in reply:
             raise SetupError.from_frame(reply["error"])
-        return WarmInit(reply["pid"], network)  # type: ignore[arg-type]
+        return WarmInit(reply["pid"], network, reply["hostname"])  # type: ignore[arg-type]
 
     def prepare(self, network: str) -> None:
         with self.lock:

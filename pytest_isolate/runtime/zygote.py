@@ -7,10 +7,11 @@ namespaces and root filesystem overlaps whatever the caller does meanwhile.
 
 Protocol, over a SOCK_SEQPACKET socket (one JSON message each way per container):
   caller: {"network": "none" | "host"}
-  zygote: {"pid": <host pid of init>} or {"error": <setup_error frame>}
-A warm init has fresh mount, uts, ipc and (unless network="host") net namespaces, the host tree
-overlay, /proc, /sys, /dev, pivot_root done, lo up, and is pid 1 of a new pid namespace. It runs
-no user code: it reaps orphans until it is killed. The caller's workload joins it (see warm.py).
+  zygote: {"pid": <host pid of init>, "hostname": <its name>} or {"error": <setup_error frame>}
+A warm init has fresh mount, uts, ipc, cgroup and (unless network="host") net namespaces, the
+host tree overlay, /proc, /sys, /dev, pivot_root done, lo up, and is pid 1 of a new pid
+namespace. It runs no user code: it reaps orphans until it is killed. The caller's workload
+joins it (see warm.py).
 
 Lifetime: the zygote dies with the caller (PDEATHSIG, and EOF on the socket); each init dies
 with the zygote (PDEATHSIG); the kernel kills a pid namespace when its init dies. So nothing
@@ -32,6 +33,8 @@ from . import syscalls as sc
 from .channel import read_all_frames, write_frame
 from .errors import SetupError
 
+HOSTNAME = "isolated"  # Spec's default: a workload that keeps it need not set it again
+
 
 def _init(network: str, plan, ready_w: int) -> None:
     """pid 1 of a warm container: build it, say so, then reap orphans until killed."""
@@ -39,7 +42,9 @@ def _init(network: str, plan, ready_w: int) -> None:
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes pause() to reap
-        flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
+        # Its own cgroup namespace too, rooted at the caller's cgroup (the zygote's), which an
+        # uncapped workload joins: /proc/self/cgroup shows "/" with no unshare of its own.
+        flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
         if network == "none":
             flags |= sc.CLONE_NEWNET
         namespaces.unshare_namespaces(flags)
@@ -49,7 +54,7 @@ def _init(network: str, plan, ready_w: int) -> None:
         rootfs.mount_sys(root)
         rootfs.mount_dev(root, False)
         rootfs.pivot_into(root)
-        namespaces.set_hostname("isolated")
+        namespaces.set_hostname(HOSTNAME)
         if network == "none":
             namespaces.bring_up_loopback()
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
@@ -84,7 +89,7 @@ def _build(network: str) -> dict:
     frames = read_all_frames(ready_r)
     os.close(ready_r)
     if frames and frames[0]["t"] == "ready":
-        return {"pid": pid}
+        return {"pid": pid, "hostname": HOSTNAME}
     with contextlib.suppress(ChildProcessError):  # SIGCHLD is ignored: may be reaped already
         os.waitpid(pid, 0)
     error = frames[0] if frames else SetupError(

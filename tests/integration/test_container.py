@@ -390,6 +390,18 @@ def test_a_missing_program_is_a_setup_error_naming_it():
 
 
 @pytest.mark.parametrize("cold", [False, True], ids=["warm", "cold"])
+def test_without_caps_the_cgroup_namespace_shows_root(cold, monkeypatch):
+    if cold:
+        monkeypatch.setenv(warm.DISABLE_ENV, "1")
+
+    def cgroups() -> list[str]:
+        with open("/proc/self/cgroup") as f:
+            return sorted({line.strip().split(":", 2)[2] for line in f})
+    # A warm workload joins init's cgroup namespace, rooted at this process's cgroup.
+    assert run(SPEC, cgroups).value == ["/"]
+
+
+@pytest.mark.parametrize("cold", [False, True], ids=["warm", "cold"])
 def test_start_until_done_returns_once_the_function_is_done(cold, monkeypatch):
     if cold:
         monkeypatch.setenv(warm.DISABLE_ENV, "1")
