@@ -211,10 +211,12 @@ class MountTableWatch:
     /proc/self/mountinfo is pollable: poll() reports POLLPRI once after any mount or unmount
     in the namespace (proc(5)). One poll is a fraction of reading and hashing the table, which
     cost the zygote 0.45 ms per container. The open file is bound to the mount namespace it
-    was opened in: a change of namespace opens it again, and forked children drop it.
+    was opened in: a change of namespace opens it again, and so does a forked child (checked
+    at use, see warm._own_lock), whose copy of the file shares the parent's poll state.
     """
 
     def __init__(self) -> None:
+        self._pid = os.getpid()  # the process the fields below belong to
         self._fd = -1
         self._ns = 0  # inode of the mount namespace the file was opened in
         self._text = ""
@@ -223,6 +225,8 @@ class MountTableWatch:
         self.generation = 0  # counts the reads: a new value means the table may have changed
 
     def text(self) -> str:
+        if self._pid != os.getpid():
+            self.forget()
         ns = os.stat("/proc/self/ns/mnt").st_ino
         with self._lock:
             if self._fd < 0 or ns != self._ns:
@@ -236,8 +240,9 @@ class MountTableWatch:
             return self._text
 
     def forget(self) -> None:
-        """Close the file. Runs in every forked child: a container must not hold the host's
-        mount table open, and the lock may have been held by another thread at the fork."""
+        """Close the file (in a forked child: the lock may have been held by another thread
+        at the fork, and the file's poll state is shared with the parent)."""
+        self._pid = os.getpid()
         self._lock = _thread.allocate_lock()
         self._forget()
 
@@ -258,7 +263,6 @@ class MountTableWatch:
 
 
 _mount_table = MountTableWatch()
-os.register_at_fork(after_in_child=_mount_table.forget)  # a container must not hold it
 _plan_cache: dict[str, tuple[Layer, ...]] = {}
 
 

@@ -295,6 +295,37 @@ def test_the_mount_table_watch_is_safe_from_several_threads():
     assert not errors
 
 
+def test_a_forked_child_starts_its_own_containers_and_leaves_the_parents_alone(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("rootless: mounting a tmpfs on the host needs root")
+    from pytest_isolate.runtime import rootfs
+    from pytest_isolate.runtime import syscalls as sc
+
+    assert run(SPEC, os.getpid).value == 2  # the parent's zygote and mount-table watch exist
+    zygote = warm._pool.proc.pid
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 1
+        try:
+            sc.mount("pti-test", str(mnt), "tmpfs", 0)  # left for the parent to find
+            seen = run(SPEC, os.path.ismount, str(mnt)).value
+            code = 0 if seen and warm._pool.proc.pid != zygote else 3
+        finally:
+            warm.shutdown()
+            os._exit(code)
+    try:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0  # 3: the parent's zygote was used
+        # The child read the table through its own file: the change it saw is still news
+        # here (a shared file would have handed it the parent's pending poll event).
+        assert f" {mnt} " in rootfs.mount_table()
+        assert run(SPEC, os.path.ismount, str(mnt)).value
+    finally:
+        sc.umount2(str(mnt))
+
+
 def test_an_orphaned_grandchild_is_reaped():
     def orphan_maker():
         pid = os.fork()

@@ -21,10 +21,22 @@ Caps = tuple  # (cpu, memory, pids)
 
 _spares: dict[Caps, Driver] = {}
 _retired: list[Driver] = []
+_owner = os.getpid()  # a forked child must neither use nor remove its parent's cgroups
+
+
+def _mine() -> None:
+    """Forget the parent's cgroups in a forked child: checked at use rather than in an
+    at-fork handler, which would run in every test's child (see warm._own_lock)."""
+    global _owner
+    if _owner != os.getpid():
+        _owner = os.getpid()
+        _spares.clear()
+        _retired.clear()
 
 
 def claim(cpu: float | None, memory: int | None, pids: int | None) -> Driver:
     """An applied cgroup for these caps: the spare made ahead, else a new one."""
+    _mine()
     driver = _spares.pop((cpu, memory, pids), None)
     if driver is None:
         driver = open_cgroup(cpu, memory, pids)
@@ -35,11 +47,13 @@ def claim(cpu: float | None, memory: int | None, pids: int | None) -> Driver:
 def retire(driver: Driver) -> None:
     """The container has ended and its figures are read: remove the cgroup at the next tidy."""
     if not isinstance(driver, NoCgroup):
+        _mine()
         _retired.append(driver)
 
 
 def tidy(cpu: float | None, memory: int | None, pids: int | None) -> None:
     """Remove ended containers' cgroups that are empty now; make the spare for these caps."""
+    _mine()
     busy = []
     for driver in _retired:
         if not driver.try_destroy():
@@ -55,17 +69,11 @@ def tidy(cpu: float | None, memory: int | None, pids: int | None) -> None:
 
 def flush() -> None:
     """Remove every spare and ended container's cgroup now (waiting out EBUSY)."""
+    _mine()
     while _retired:
         _retired.pop().destroy()
     while _spares:
         _spares.popitem()[1].destroy()
 
 
-def _forget_in_child() -> None:
-    # the parent's cgroups are the parent's to use and remove
-    _spares.clear()
-    _retired.clear()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
 atexit.register(flush)
