@@ -911,13 +911,15 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
             raise
     else:
         _close(place_w)
+    # Removing ended containers' cgroups and making the next spare: while this one is being
+    # placed and starts, when it was placed by a write (its waits give the CPU to the child).
+    spares.tidy(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
     if sleep and not child_stdio and not slept:  # capped: once placed
         try:
             _sleep_after_launch(launch, spec)
         except BaseException:
             cgroup.destroy()
             raise
-    spares.tidy(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
     return launch
 
 
