@@ -911,8 +911,8 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
             raise
     else:
         _close(place_w)
-    # Removing ended containers' cgroups and making the next spare: while this one is being
-    # placed and starts, when it was placed by a write (its waits give the CPU to the child).
+    # Remove ended containers' cgroups, make the next spare: for a container placed by a write,
+    # before the sleep, so that the child may run in this work's waits (no worse than after).
     spares.tidy(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
     if sleep and not child_stdio and not slept:  # capped: once placed
         try:
