@@ -78,13 +78,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    """Start the zygote at the first item that will be isolated: its start-up (a fresh
-    interpreter) then overlaps the rest of collection instead of delaying the first test."""
+    """--isolate=marked: start the zygote at the first marked item, so that its start-up
+    overlaps the rest of collection instead of delaying the first test."""
     config = item.config
     if config.stash.get(WARM_ASKED, False) or config.option.collectonly:
         return
     options = config.stash[OPTIONS]
-    if options.mode == "all" or (options.mode == "marked" and item.get_closest_marker("isolated")):
+    if options.mode == "marked" and item.get_closest_marker("isolated"):
         config.stash[WARM_ASKED] = True
         _prepare_warm(options)
 
@@ -97,8 +97,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"{_PDB_MESSAGE} ({len(marked)} marked, e.g. {marked[0]})")
     if config.stash.get(WARM_ASKED, False) or config.option.collectonly:
         return
-    if (options.mode == "all" and items) or (  # markers other plugins added since collection
-            options.mode == "marked" and any(i.get_closest_marker("isolated") for i in items)):
+    # Markers other plugins added since collection ("all" started at session start).
+    if options.mode == "marked" and any(i.get_closest_marker("isolated") for i in items):
         config.stash[WARM_ASKED] = True
         _prepare_warm(options)
 
