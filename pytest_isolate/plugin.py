@@ -46,6 +46,7 @@ def _check_conflicts() -> None:
                                 f"{dist}: {why}. Uninstall it: pip uninstall {dist}")
 
 
+@pytest.hookimpl(trylast=True)  # after xdist's, which registers "dsession" in a controller
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", settings.MARKER_DOC)
     _check_conflicts()
@@ -54,27 +55,28 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(_PDB_MESSAGE)
     config.stash[OPTIONS] = options
     config.pluginmanager.register(Summary(), "isolate-summary")
-
-
-_PDB_MESSAGE = ("--pdb cannot debug a test inside a container (its process has no terminal "
-                "and is killed with the container): add --isolate=off to run the isolated "
-                "tests in-process while debugging")
+    _start_warm_for_all(config, options)
 
 
 WARM_ASKED = pytest.StashKey[bool]()
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """--isolate=all: start the zygote before collection, whose time its start-up (a fresh
-    interpreter and a first container, 50-60 ms) then overlaps; started at the first
-    collected item instead, the first test waited 28-41 ms for it. Not in an xdist
-    controller, which runs no test (its workers start their own)."""
-    config = session.config
-    options = config.stash[OPTIONS]
+def _start_warm_for_all(config: pytest.Config, options: settings.Options) -> None:
+    """--isolate=all: start the zygote now, so that its start-up (a fresh interpreter and a
+    first container, 50-60 ms) overlaps the session's start and collection. Started at
+    session start, the first test still waited 29-41 ms for it (200 trivial tests); at the
+    first collected item, 28-41 ms. Not in an xdist controller, which runs no test (its
+    workers start their own), nor for runs that run no test."""
     if (options.mode == "all" and not config.option.collectonly
+            and not getattr(config.option, "help", False)
             and not config.pluginmanager.has_plugin("dsession")):
         config.stash[WARM_ASKED] = True
         _prepare_warm(options)
+
+
+_PDB_MESSAGE = ("--pdb cannot debug a test inside a container (its process has no terminal "
+                "and is killed with the container): add --isolate=off to run the isolated "
+                "tests in-process while debugging")
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

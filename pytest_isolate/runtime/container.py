@@ -75,6 +75,8 @@ from .spec import Spec, validate
 SETUP_FAILED = 125
 PIPE = -1  # ask for a pipe to the workload's stdin/stdout/stderr
 
+spares.set_settler(warm.settle)  # flush() first learns what the zygote made
+
 _lock = threading.Lock()
 _open_fds: set[int] = set()  # every fd this module holds: forked children close the others'
 
@@ -853,12 +855,17 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
     """Fork the workload straight into a container the zygote built ahead (see warm.py)."""
     _reap_exiting()
     res = spec.resources
-    cgroup = spares.claim(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
+    caps = (res.cpu, res.memory, res.pids)
+    init = warm.take(spec.network)
     try:
-        init = warm.take(spec.network)
+        cgroup = spares.claim(*caps)  # type: ignore[arg-type]
     except BaseException:
-        cgroup.destroy()
+        init.kill()
         raise
+    finally:
+        # The next container builds while this one runs; with it the zygote makes the next
+        # one's cgroup and removes ended ones (after the claim: it plans for the next).
+        warm.ask_next(spec.network, *spares.chores(*caps))  # type: ignore[arg-type]
     capped = not isinstance(cgroup, NoCgroup)
     settles = not capped and not child_stdio and _big_caller()
     pid: int | None = None
@@ -911,9 +918,6 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
             raise
     else:
         _close(place_w)
-    # Remove ended containers' cgroups, make the next spare: for a container placed by a write,
-    # before the sleep, so that the child may run in this work's waits (no worse than after).
-    spares.tidy(res.cpu, res.memory, res.pids)  # type: ignore[arg-type]
     if sleep and not child_stdio and not slept:  # capped: once placed
         try:
             _sleep_after_launch(launch, spec)

@@ -11,7 +11,9 @@ network "none" or "host", no extra mounts, no kept files, no time offsets. Every
 any host where the zygote cannot start, takes the cold path in container.py.
 
 The caller keeps one container of the last shape it used ready in advance: `take` returns it
-and at once asks the zygote for the next, so the build overlaps the caller's own work.
+and `ask_next` at once asks the zygote for the next, so the build overlaps the caller's own
+work. With that ask go the caller's cgroup chores (make the next capped container's cgroup,
+remove ended ones: cgroups/spares.py), which the zygote does after the build.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 from . import namespaces, rootfs
 from . import syscalls as sc
@@ -84,49 +87,91 @@ class _Pool:
             [sys.executable, "-I", "-S", "-c", code, str(theirs.fileno()), str(os.getpid())],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, cwd="/")
         theirs.close()
-        self.pending: str | None = None
+        self.pending: str | None = None  # the network of the container asked for
         self.asked_at = 0  # mount_generation() when the pending container was asked for
+        self.on_chores: Callable[[dict | None], None] | None = None  # for the pending ask
+        self.ready: tuple[str, int, WarmInit | SetupError] | None = None  # answered early
 
-    def _ask(self, network: str) -> None:
+    def _ask(self, network: str, chores: dict | None = None,
+             on_chores: Callable[[dict | None], None] | None = None) -> None:
         self.asked_at = rootfs.mount_generation()
-        self.sock.send(json.dumps({"network": network}).encode())
+        request: dict = {"network": network}
+        if chores is not None:
+            request["chores"] = chores
+        self.sock.send(json.dumps(request).encode())
         self.pending = network
+        self.on_chores = on_chores if chores is not None else None
 
-    def _answer(self) -> WarmInit:
+    def _receive(self) -> WarmInit | SetupError:
+        """The answer to the pending ask; its chores' outcome goes to their callback."""
         network, self.pending = self.pending, None
-        data = self.sock.recv(1 << 16)
+        on_chores, self.on_chores = self.on_chores, None
+        try:
+            data = self.sock.recv(1 << 16)
+        except OSError:
+            data = b""
         if not data:
-            raise SetupError("warm container", "zygote", None,
-                             f"the helper process exited (status {self.proc.poll()})",
-                             "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold")
+            if on_chores is not None:
+                on_chores(None)
+            return SetupError("warm container", "zygote", None,
+                              f"the helper process exited (status {self.proc.poll()})",
+                              "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold")
         reply = json.loads(data)
+        if on_chores is not None:
+            on_chores(reply.get("chores"))
         if "error" in reply:
-            raise SetupError.from_frame(reply["error"])
+            return SetupError.from_frame(reply["error"])
         return WarmInit(reply["pid"], network, reply["hostname"])  # type: ignore[arg-type]
 
-    def prepare(self, network: str) -> None:
+    def _answer(self) -> tuple[str, int, WarmInit]:
+        """(network, mount generation at the ask, container) of the last ask."""
+        if self.ready is not None:
+            (network, asked_at, got), self.ready = self.ready, None
+        else:
+            network, asked_at = self.pending, self.asked_at  # type: ignore[assignment]
+            got = self._receive()
+        if isinstance(got, SetupError):
+            raise got
+        return network, asked_at, got
+
+    def ask(self, network: str, chores: dict | None = None,
+            on_chores: Callable[[dict | None], None] | None = None) -> None:
+        """Ask for the next container, unless one is asked for already; the zygote does
+        `chores` after building it, and their outcome reaches `on_chores` (None: not done)."""
         with self.lock:
-            if self.pending is None:
-                self._ask(network)
+            if self.pending is None and self.ready is None:
+                self._ask(network, chores, on_chores)
+                return
+        if chores is not None and on_chores is not None:
+            on_chores(None)
 
     def take(self, network: str) -> WarmInit:
+        """The container asked for ahead if it fits, else one built now."""
         with self.lock:
             warm = None
-            if self.pending is not None:
-                shape = self.pending
+            if self.pending is not None or self.ready is not None:
+                shape, asked_at, warm = self._answer()
                 # A host mount made since the ask may be missing from the one built ahead.
-                stale = self.asked_at != rootfs.mount_generation()
-                warm = self._answer()
-                if shape != network or stale:
+                if shape != network or asked_at != rootfs.mount_generation():
                     warm.kill()
                     warm = None
             if warm is None:
                 self._ask(network)
-                warm = self._answer()
-            self._ask(network)  # the next one builds while this one is used
+                warm = self._answer()[2]
             return warm
 
+    def settle(self) -> None:
+        """Wait for the pending answer now if chores ride on it (kept for the next take)."""
+        with self.lock:
+            if self.pending is not None and self.on_chores is not None:
+                network, asked_at = self.pending, self.asked_at
+                self.ready = (network, asked_at, self._receive())
+
     def close(self) -> None:
+        self.settle()  # chores in flight: their outcome says which cgroups exist
+        if self.ready is not None and isinstance(self.ready[2], WarmInit):
+            self.ready[2].kill()
+        self.ready = None
         self.sock.close()  # EOF: the zygote exits, and its inits with it (PDEATHSIG)
         try:
             self.proc.wait(timeout=5)
@@ -162,11 +207,27 @@ def _get_pool() -> _Pool:
 
 def prepare(network: str = "none") -> None:
     """Start the zygote and the first container now (e.g. at session start), not at first use."""
-    _get_pool().prepare(network)
+    _get_pool().ask(network)
 
 
 def take(network: str) -> WarmInit:
+    """A container built ahead (or now). The caller then asks for the next (`ask_next`)."""
     return _get_pool().take(network)
+
+
+def ask_next(network: str, chores: dict | None = None,
+             on_chores: Callable[[dict | None], None] | None = None) -> None:
+    """Have the zygote build the next container while this one is used, and do `chores`
+    (see zygote.py), whose outcome reaches `on_chores` at a later take or `settle`."""
+    _get_pool().ask(network, chores, on_chores)
+
+
+def settle() -> None:
+    """Get the answer to chores in flight now (cgroups/spares.py's flush)."""
+    with _own_lock():
+        pool = _pool
+    if pool is not None:
+        pool.settle()
 
 
 def shutdown() -> None:

@@ -6,8 +6,12 @@ from this small process, an init costs well under a millisecond to create, and b
 namespaces and root filesystem overlaps whatever the caller does meanwhile.
 
 Protocol, over a SOCK_SEQPACKET socket (one JSON message each way per container):
-  caller: {"network": "none" | "host"}
-  zygote: {"pid": <host pid of init>, "hostname": <its name>} or {"error": <setup_error frame>}
+  caller: {"network": "none" | "host", "chores": {"mkdir": [dir], "write": [[file, value]],
+           "rmdir": [dir]} (optional)}
+  zygote: {"pid": <host pid of init>, "hostname": <its name>} or {"error": <setup_error frame>},
+          with "chores": {"busy": [dirs not removed], "error": text or null} when asked
+The chores are the caller's cgroup bookkeeping (cgroups/spares.py): the caller plans them, the
+zygote carries them out after the build, while the caller sleeps through its current test.
 A warm init has fresh mount, uts, ipc, cgroup and (unless network="host") net namespaces, the
 host tree overlay, /proc, /sys, /dev, pivot_root done, lo up, and is pid 1 of a new pid
 namespace. It runs no user code: it reaps orphans until it is killed. The caller's workload
@@ -97,6 +101,37 @@ def _build(network: str) -> dict:
     return {"error": error}
 
 
+def _chores(chores: dict) -> dict:
+    """Remove the directories in "rmdir" (once each: EBUSY while exits settle is reported,
+    not waited out); make those in "mkdir" and write the files, undoing the makes on error."""
+    busy = []
+    for d in chores.get("rmdir", ()):
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            busy.append(d)
+    made: list[str] = []
+    path = ""
+    try:
+        for path in chores.get("mkdir", ()):
+            os.mkdir(path)
+            made.append(path)
+        for path, value in chores.get("write", ()):
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+    except OSError as e:
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        return {"busy": busy, "error": f"{path}: {e.strerror}"}
+    return {"busy": busy, "error": None}
+
+
 def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # inits are reaped by the kernel
     while True:
@@ -113,6 +148,8 @@ def serve(sock: socket.socket) -> None:
             reply = _build(request["network"])
         except SetupError as e:
             reply = {"error": e.to_frame()}
+        if "chores" in request:
+            reply["chores"] = _chores(request["chores"])
         try:
             sock.send(json.dumps(reply).encode())
         except (BrokenPipeError, ConnectionResetError):
@@ -137,6 +174,9 @@ def main() -> None:
     # are frozen out of the collector's reach, so that a collection does not touch them all.
     gc.freeze()
     serve(sock)
+    # Nothing left to flush or free: skipping the interpreter's finalization makes the
+    # caller's shutdown wait 1.3 ms instead of 7.5 ms (measured at session end).
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -375,29 +375,40 @@ def test_xdist_two_workers(pytester):
 
 
 @pytest.mark.parametrize("args, want", [
-    (["--isolate=all"], ["collection: zygote", "finish: zygote"]),
-    (["--isolate=marked"], ["collection: none", "finish: none"]),  # no marked test here
-    (["--isolate=all", "-p", "xdist", "-n", "2"], ["finish: none"]),  # a controller runs none
-], ids=["all", "marked-none", "xdist-controller"])
-def test_the_zygote_starts_before_collection_and_only_where_tests_run(pytester, args, want):
+    (["--isolate=all"], ["sessionstart: zygote", "collection: zygote", "finish: zygote",
+                         "unconfigure: zygote"]),
+    (["--isolate=marked"], ["sessionstart: none", "collection: none", "finish: none",
+                            "unconfigure: none"]),  # no marked test here
+    (["--isolate=all", "-p", "xdist", "-n", "2"],  # a controller runs no test
+     ["sessionstart: none", "finish: none", "unconfigure: none"]),
+    (["--isolate=all", "--help"], ["unconfigure: none"]),  # no session
+], ids=["all", "marked-none", "xdist-controller", "help"])
+def test_the_zygote_starts_at_configure_and_only_where_tests_run(pytester, args, want):
     if "xdist" in args:
         pytest.importorskip("xdist")
     pytester.makeconftest(textwrap.dedent("""
         import sys
 
-        def _say(session, when):
-            if hasattr(session.config, "workerinput"):
+        def _say(node, when):  # a session, or the config
+            config = getattr(node, "config", node)
+            if hasattr(config, "workerinput"):
                 return  # an xdist worker: its own process, its own zygote
             warm = sys.modules.get("pytest_isolate.runtime.warm")
             up = warm is not None and warm._pool is not None
             with open("zygote.log", "a") as f:
                 f.write(f"{when}: {'zygote' if up else 'none'}\\n")
 
+        def pytest_sessionstart(session):
+            _say(session, "sessionstart")
+
         def pytest_collection(session):
             _say(session, "collection")
 
         def pytest_sessionfinish(session):
             _say(session, "finish")
+
+        def pytest_unconfigure(config):  # before the plugin's, which stops the zygote
+            _say(config, "unconfigure")
     """))
     pytester.makepyfile(test_it="""
         def test_one(): pass
@@ -405,7 +416,8 @@ def test_the_zygote_starts_before_collection_and_only_where_tests_run(pytester, 
     """)
     # A fresh process: the zygote of the process running this test must not count.
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
-    result.assert_outcomes(passed=2)
+    if "--help" not in args:
+        result.assert_outcomes(passed=2)
     if os.geteuid() != 0:  # warm containers are root's: rootless ones are built cold
         want = [line.replace("zygote", "none") for line in want]
     assert (pytester.path / "zygote.log").read_text().splitlines() == want

@@ -174,3 +174,61 @@ def test_caps_where_no_cgroup_is_writable_raise_unsupported_with_the_fix():
         os.close(r)
         os.waitpid(pid, 0)
     assert "Delegate=yes" in fix and "root" in fix
+
+
+def _count_applies(monkeypatch) -> list[str]:
+    from pytest_isolate.runtime.cgroups.v1 import V1Cgroup
+    from pytest_isolate.runtime.cgroups.v2 import V2Cgroup
+
+    applied: list[str] = []
+    for driver in (V1Cgroup, V2Cgroup):
+        monkeypatch.setattr(driver, "apply", lambda self, real=driver.apply: (
+            applied.append(self.directories()[0]), real(self))[1])
+    return applied
+
+
+def _fork_bomb_stopped() -> bool:
+    pids = []
+    try:
+        for _ in range(100):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(30)
+                os._exit(0)
+            pids.append(pid)
+    except BlockingIOError:
+        return True
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    return False
+
+
+@pytest.mark.usefixtures("caps")
+def test_after_the_first_the_zygote_makes_each_capped_containers_cgroup(monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("warm containers (and so the zygote) are root's")
+    applied = _count_applies(monkeypatch)
+    spec = Spec(resources=Resources(pids=16))
+    results = [run(spec, _fork_bomb_stopped) for _ in range(4)]
+    assert [r.unwrap() for r in results] == [True] * 4  # each cap, wherever made, holds
+    assert all(r.pids_limited for r in results)
+    assert len(applied) == 1, f"made in this process: {applied}"
+
+
+@pytest.mark.usefixtures("caps")
+def test_a_cgroup_the_zygote_failed_to_make_is_made_in_process(monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("warm containers (and so the zygote) are root's")
+    from pytest_isolate.runtime.cgroups.v1 import V1Cgroup
+    from pytest_isolate.runtime.cgroups.v2 import V2Cgroup
+
+    for driver in (V1Cgroup, V2Cgroup):  # a step that fails after the mkdir
+        monkeypatch.setattr(driver, "plan_ahead", lambda self: (
+            self.directories(), [(self.directories()[0] + "/no-such-file", "1")]))
+    applied = _count_applies(monkeypatch)
+    spec = Spec(resources=Resources(pids=16))
+    results = [run(spec, _fork_bomb_stopped) for _ in range(3)]
+    assert [r.unwrap() for r in results] == [True] * 3
+    assert len(applied) == 3, "each failed chore must leave the claim to make its own"
+    # the caps fixture checks that the zygote undid its half-made cgroups

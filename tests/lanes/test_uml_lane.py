@@ -30,7 +30,9 @@ def test_caps_and_containers_pass_on_pure_cgroup_v2_in_uml():
     env = {**os.environ, "PYTEST_ISOLATE_STRICT": "1", "PYTHONPATH": repo,
            "PYTEST_ISOLATE_LANE": "uml"}  # netem is in this kernel: its tests must run
     code, out = uml.run([sys.executable, "-m", "pytest", "-q", "-rs", "--color=no",
-                         "-p", "no:cacheprovider", *TESTS, *(f"--deselect={d}" for d in DESELECT)],
+                         "-p", "no:cacheprovider",
+                         "-o", "faulthandler_timeout=120",  # a hang shows its stacks in `out`
+                         *TESTS, *(f"--deselect={d}" for d in DESELECT)],
                         timeout=600, cwd=repo, env=env)
     assert code == 0, out
     assert " passed" in out and "skipped" not in out.split("short test summary")[-1], out

@@ -120,3 +120,24 @@ def test_v2_driver_enables_controllers_then_writes_limits(tmp_path):
     assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
     assert (tmp_path / "pti-1-2/cpu.max").read_text() == "150000 100000"
     assert (tmp_path / "pti-1-2/pids.max").read_text() == "10"
+
+
+def test_v1_plan_ahead_waits_for_an_apply_then_gives_what_apply_did(tmp_path):
+    parents = _fake_tree(tmp_path / "a", ["cpu", "cpuacct", "memory", "pids"])
+    first = V1Cgroup("pti-1-3", parents, 0.3, 64 << 20, None)
+    assert first.plan_ahead() is None  # whether swap is accounted is not known yet
+    first.apply()
+    mkdir, writes = V1Cgroup("pti-1-4", parents, 0.3, 64 << 20, None).plan_ahead()
+    assert mkdir == [f"{parents[c]}/pti-1-4" for c in ("cpu", "cpuacct", "memory", "pids")]
+    assert writes == [(f"{parents['cpu']}/pti-1-4/cpu.cfs_period_us", "100000"),
+                      (f"{parents['cpu']}/pti-1-4/cpu.cfs_quota_us", "30000"),
+                      (f"{parents['memory']}/pti-1-4/memory.limit_in_bytes", str(64 << 20))]
+
+
+def test_v2_plan_ahead_waits_for_the_controllers_then_gives_dir_and_limits(tmp_path):
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    assert V2Cgroup("pti-1-5", str(tmp_path), None, None, 10).plan_ahead() is None
+    V2Cgroup("pti-1-5", str(tmp_path), None, None, 10).apply()
+    mkdir, writes = V2Cgroup("pti-1-6", str(tmp_path), 1.5, None, None).plan_ahead()
+    assert mkdir == [f"{tmp_path}/pti-1-6"]
+    assert writes == [(f"{tmp_path}/pti-1-6/cpu.max", "150000 100000")]

@@ -34,6 +34,12 @@ class Driver(Protocol):
     def birth_dir(self) -> str | None:
         """A cgroup v2 directory a child can be forked straight into (clone3), else None."""
         ...
+    def plan_ahead(self) -> tuple[list[str], list[tuple[str, str]]] | None:
+        """apply() as steps another process can run (spares.py); None: apply() here."""
+        ...
+    def directories(self) -> list[str]:
+        """What removal takes, in order (rmdir each)."""
+        ...
 
 
 def read(path: str) -> str | None:
@@ -123,3 +129,9 @@ class NoCgroup:
 
     def birth_dir(self) -> str | None:
         return None
+
+    def plan_ahead(self) -> tuple[list[str], list[tuple[str, str]]] | None:
+        return None
+
+    def directories(self) -> list[str]:
+        return []

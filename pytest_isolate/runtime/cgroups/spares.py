@@ -1,11 +1,19 @@
 """Cgroups made ahead and removed behind, so that neither costs the caller's critical path.
 
-A capped container needs a cgroup with its limits written (0.35 ms here) before its workload
-may run, and its removal after the figures are read can meet EBUSY while the last exits
-settle. `tidy` runs while a container's workload runs (the caller only waits then): it removes
-the cgroups of containers that have ended and makes the next container's cgroup with the same
-caps, which `claim` then hands out ready. Every cgroup keeps its `pti-<pid>-<n>` name, so a
-process killed with spares left is cleaned up like any other (state.cleanup_stale).
+A capped container needs a cgroup with its limits written (mkdir and writes in each hierarchy:
+about 1.2 ms on the development machine's four v1 hierarchies) before its workload may run,
+and its removal after the figures are read can meet EBUSY while the last exits settle.
+
+Two ways to keep that off the critical path:
+- warm containers (`chores`): the zygote carries out the steps (runtime/zygote.py)
+  beside building the next container, while this process sleeps through the current test.
+  The caller plans them here (`Driver.plan_ahead`: the directories and the values) and learns
+  at the next take what became of them.
+- cold containers (`tidy`): this process does the same work itself while the container starts.
+
+`claim` then hands out the spare for the caps asked, ready. Every cgroup keeps its
+`pti-<pid>-<n>` name (this process's pid, whoever made it), so a process killed with spares
+left is cleaned up like any other (state.cleanup_stale), and `flush` sweeps the name at the end.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+from collections.abc import Callable
 
 from . import open_cgroup
 from .driver import Driver, NoCgroup
@@ -22,6 +31,9 @@ Caps = tuple  # (cpu, memory, pids)
 _spares: dict[Caps, Driver] = {}
 _retired: list[Driver] = []
 _owner = os.getpid()  # a forked child must neither use nor remove its parent's cgroups
+_in_flight: list[_Chores] = []  # sent to the zygote, not answered yet
+_unanswered: list[Driver] = []  # spares asked for whose answer never came: removed at flush
+_settle: Callable[[], None] | None = None  # gets the zygote's answer now (see set_settler)
 
 
 def _mine() -> None:
@@ -32,6 +44,8 @@ def _mine() -> None:
         _owner = os.getpid()
         _spares.clear()
         _retired.clear()
+        _unanswered.clear()
+        _in_flight.clear()
 
 
 def claim(cpu: float | None, memory: int | None, pids: int | None) -> Driver:
@@ -67,13 +81,79 @@ def tidy(cpu: float | None, memory: int | None, pids: int | None) -> None:
             _spares[key] = driver
 
 
+class _Chores:
+    """Chores sent to the zygote: the spare asked for (or None) and the cgroups to remove."""
+
+    def __init__(self, key: Caps, spare: Driver | None, removals: list[Driver]):
+        self.key, self.spare, self.removals = key, spare, removals
+
+    def done(self, answer: dict | None) -> None:
+        """The zygote's answer: {"busy": [dirs still there], "error": text or None}; None
+        when no answer will come (not sent, or the zygote died)."""
+        _mine()
+        if self not in _in_flight:  # forgotten (forked child), or answered already
+            return
+        _in_flight.remove(self)
+        busy = None if answer is None else set(answer.get("busy", ()))
+        for driver in self.removals:  # what is gone now is gone; the rest is tried again
+            if busy is None or busy.intersection(driver.directories()):
+                _retired.append(driver)
+        spare = self.spare
+        if spare is None:
+            return
+        if answer is not None and answer.get("error") is None and self.key not in _spares:
+            _spares[self.key] = spare
+        elif answer is not None:  # failed (the zygote removed what it made), or not needed
+            spare.destroy()
+        else:  # unknown whether it was made, or is being made: removed at flush
+            _unanswered.append(spare)
+
+
+def chores(cpu: float | None, memory: int | None, pids: int | None
+           ) -> tuple[dict | None, Callable[[dict | None], None] | None]:
+    """(work, callback) for the zygote to do while the next test runs: make the spare for
+    these caps (unless one is ready) and remove ended containers' cgroups; (None, None) when
+    there is nothing to do. The callback must get the answer, or None when none will come."""
+    _mine()
+    key = (cpu, memory, pids)
+    spare = None
+    plan = None
+    if key not in _spares and any(v is not None for v in key):
+        with contextlib.suppress(Exception):  # a failure shows at claim, with its message
+            spare = open_cgroup(cpu, memory, pids)
+            plan = spare.plan_ahead()
+        if plan is None:
+            spare = None
+    removals, _retired[:] = list(_retired), []
+    if spare is None and not removals:
+        return None, None
+    record = _Chores(key, spare, removals)
+    _in_flight.append(record)
+    mkdir, writes = plan if plan is not None else ([], [])
+    return ({"mkdir": mkdir, "write": [list(w) for w in writes],
+             "rmdir": [d for driver in removals for d in driver.directories()]}, record.done)
+
+
+def set_settler(settle: Callable[[], None]) -> None:
+    """How `flush` gets the answer to chores in flight (the warm pool's settle)."""
+    global _settle
+    _settle = settle
+
+
 def flush() -> None:
     """Remove every spare and ended container's cgroup now (waiting out EBUSY)."""
     _mine()
+    if _in_flight and _settle is not None:
+        with contextlib.suppress(Exception):
+            _settle()
+    for record in list(_in_flight):
+        record.done(None)
     while _retired:
         _retired.pop().destroy()
     while _spares:
         _spares.popitem()[1].destroy()
+    while _unanswered:
+        _unanswered.pop().destroy()
 
 
 atexit.register(flush)

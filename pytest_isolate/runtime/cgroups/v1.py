@@ -15,6 +15,10 @@ from .files import CgroupStats, v1_limit_writes, v1_stats
 
 CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
 
+# memory parent dir -> whether its children have memory.memsw.* (swap accounting): learned by
+# the first apply there, after which a cgroup's steps can be planned for the zygote.
+_has_memsw: dict[str, bool] = {}
+
 
 class V1Cgroup:
     def __init__(self, name: str, parents: dict[str, str], cpu: float | None,
@@ -35,13 +39,32 @@ class V1Cgroup:
                 made.append(d)
             has_memsw = "memory" in self.dirs and os.path.exists(
                 os.path.join(self.dirs["memory"], "memory.memsw.limit_in_bytes"))
-            for ctl, fname, value in v1_limit_writes(self.cpu, self.memory, self.pids,
-                                                     has_memsw):
-                write(os.path.join(self.dirs[ctl], fname), value, "set cgroup limit")
+            if "memory" in self.dirs:
+                _has_memsw[os.path.dirname(self.dirs["memory"])] = has_memsw
+            for path, value in self._limit_writes(has_memsw):
+                write(path, value, "set cgroup limit")
         except BaseException:
             for d in reversed(made):
                 remove_dir(d)
             raise
+
+    def _limit_writes(self, has_memsw: bool) -> list[tuple[str, str]]:
+        return [(os.path.join(self.dirs[ctl], fname), value) for ctl, fname, value
+                in v1_limit_writes(self.cpu, self.memory, self.pids, has_memsw)]
+
+    def plan_ahead(self) -> tuple[list[str], list[tuple[str, str]]] | None:
+        """What apply() would do, as (directories to make, (file, value) writes), for another
+        process to carry out; None until an apply here has shown whether swap is accounted."""
+        has_memsw = False
+        if "memory" in self.dirs:
+            known = _has_memsw.get(os.path.dirname(self.dirs["memory"]))
+            if known is None:
+                return None
+            has_memsw = known
+        return list(self.dirs.values()), self._limit_writes(has_memsw)
+
+    def directories(self) -> list[str]:
+        return list(self.dirs.values())
 
     def add_process(self, pid: int) -> None:
         for d in self.dirs.values():

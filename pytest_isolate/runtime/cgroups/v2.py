@@ -16,6 +16,10 @@ from .files import CgroupStats, v2_limit_writes, v2_stats
 
 NEEDED = ("cpu", "memory", "pids")
 
+# parent dir -> whether its children have memory.swap.max: learned by the first apply there
+# (which also enabled the controllers), after which steps can be planned for the zygote.
+_has_swap: dict[str, bool] = {}
+
 
 class V2Cgroup:
     def __init__(self, name: str, parent: str, cpu: float | None, memory: int | None,
@@ -48,11 +52,27 @@ class V2Cgroup:
             raise SetupError("create cgroup", self.dir, e.errno, e.strerror or "") from None
         try:
             has_swap = os.path.exists(os.path.join(self.dir, "memory.swap.max"))
-            for fname, value in v2_limit_writes(self.cpu, self.memory, self.pids, has_swap):
-                write(os.path.join(self.dir, fname), value, "set cgroup limit")
+            _has_swap[self.parent] = has_swap
+            for path, value in self._limit_writes(has_swap):
+                write(path, value, "set cgroup limit")
         except BaseException:
             remove_dir(self.dir)
             raise
+
+    def _limit_writes(self, has_swap: bool) -> list[tuple[str, str]]:
+        return [(os.path.join(self.dir, fname), value)
+                for fname, value in v2_limit_writes(self.cpu, self.memory, self.pids, has_swap)]
+
+    def plan_ahead(self) -> tuple[list[str], list[tuple[str, str]]] | None:
+        """What apply() would do, as (directories to make, (file, value) writes), for another
+        process to carry out; None until an apply here has enabled the controllers."""
+        has_swap = _has_swap.get(self.parent)
+        if has_swap is None:
+            return None
+        return [self.dir], self._limit_writes(has_swap)
+
+    def directories(self) -> list[str]:
+        return [self.dir]
 
     def add_process(self, pid: int) -> None:
         write(os.path.join(self.dir, "cgroup.procs"), str(pid), "join cgroup")

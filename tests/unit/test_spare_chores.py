@@ -1,0 +1,105 @@
+"""The bookkeeping of cgroups made and removed by the zygote (cgroups/spares.py), and the
+zygote's side of it (zygote._chores), without the kernel: fake drivers and a tmp tree."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_isolate.runtime import zygote
+from pytest_isolate.runtime.cgroups import spares
+
+CAPS = (None, None, 64)
+
+
+class FakeDriver:
+    def __init__(self, name: str):
+        self.name = name
+        self.destroyed = False
+
+    def plan_ahead(self):
+        return [f"/cg/{self.name}"], [(f"/cg/{self.name}/pids.max", "64")]
+
+    def directories(self):
+        return [f"/cg/{self.name}"]
+
+    def destroy(self):
+        self.destroyed = True
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    made = []
+
+    def open_cgroup(cpu, memory, pids):
+        made.append(FakeDriver(f"pti-1-{len(made)}"))
+        return made[-1]
+
+    monkeypatch.setattr(spares, "open_cgroup", open_cgroup)
+    for name in ("_spares", "_retired", "_in_flight", "_unanswered"):
+        monkeypatch.setattr(spares, name, type(getattr(spares, name))())
+    monkeypatch.setattr(spares, "_settle", None)
+    return made
+
+
+def test_a_spare_the_zygote_made_is_claimed_and_the_next_is_asked_for(fresh):
+    work, done = spares.chores(*CAPS)
+    assert work == {"mkdir": ["/cg/pti-1-0"], "write": [["/cg/pti-1-0/pids.max", "64"]],
+                    "rmdir": []}
+    assert spares.chores(*CAPS)[0]["mkdir"] == ["/cg/pti-1-1"]  # none is ready yet
+    done({"busy": [], "error": None})
+    assert spares.claim(*CAPS) is fresh[0]
+
+
+def test_a_failed_chore_leaves_the_claim_to_make_its_own(fresh):
+    _, done = spares.chores(*CAPS)
+    done({"busy": [], "error": "/cg/pti-1-0/pids.max: No such file or directory"})
+    assert fresh[0].destroyed and spares._spares == {}
+
+
+def test_unanswered_chores_are_removed_at_flush(fresh):
+    _, done = spares.chores(*CAPS)
+    done(None)  # the zygote died: it may have made the cgroup
+    assert not fresh[0].destroyed
+    spares.flush()
+    assert fresh[0].destroyed
+
+
+def test_flush_asks_for_the_answer_in_flight_first(fresh, monkeypatch):
+    _, done = spares.chores(*CAPS)
+    monkeypatch.setattr(spares, "_settle", lambda: done({"busy": [], "error": None}))
+    spares.flush()
+    assert fresh[0].destroyed and spares._in_flight == [] and spares._spares == {}
+
+
+def test_removals_still_busy_are_sent_again(fresh):
+    old, gone = FakeDriver("pti-1-8"), FakeDriver("pti-1-9")
+    spares._retired.extend([old, gone])
+    work, done = spares.chores(None, None, None)  # uncapped: removals only
+    assert work == {"mkdir": [], "write": [], "rmdir": ["/cg/pti-1-8", "/cg/pti-1-9"]}
+    done({"busy": ["/cg/pti-1-8"], "error": None})
+    assert spares._retired == [old]
+    assert spares.chores(None, None, None)[0]["rmdir"] == ["/cg/pti-1-8"]
+
+
+def test_nothing_to_do_sends_nothing(fresh):
+    assert spares.chores(None, None, None) == (None, None)
+
+
+def test_the_zygote_does_the_chores_and_undoes_a_half_made_cgroup(tmp_path):
+    busy = tmp_path / "busy"
+    (busy / "child").mkdir(parents=True)  # not empty: rmdir fails as on a cgroup in use
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (tmp_path / "new").mkdir()
+    ok = zygote._chores({"rmdir": [str(busy), str(gone), str(tmp_path / "never")],
+                         "mkdir": [str(tmp_path / "new/a")],
+                         "write": [[str(tmp_path / "new/a/f"), "64"]]})
+    assert ok == {"busy": [str(busy)], "error": "{}: No such file or directory".format(
+        tmp_path / "new/a/f")}  # O_CREAT is not used: cgroup files exist or the step fails
+    assert not (tmp_path / "new/a").exists() and not gone.exists()
+    (tmp_path / "new/b").mkdir()
+    (tmp_path / "new/b/f").write_text("")
+    ok = zygote._chores({"mkdir": [], "write": [[str(tmp_path / "new/b/f"), "64"]],
+                         "rmdir": []})
+    assert ok == {"busy": [], "error": None}
+    assert (tmp_path / "new/b/f").read_text() == "64"
