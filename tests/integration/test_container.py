@@ -527,3 +527,31 @@ def busybox_root(tmp_path):
     (root / "etc" / "motd").write_text("hello from the image\n")
     os.chmod(tmp_path, 0o755)
     return root
+
+
+@pytest.mark.parametrize("cold", [False, True], ids=["warm", "cold"])
+def test_masked_host_paths_show_nothing_and_take_no_writes(monkeypatch, cold):
+    if cold:
+        monkeypatch.setenv(warm.DISABLE_ENV, "1")
+
+    def look():
+        out = {}
+        for d in ("/proc/acpi", "/sys/firmware"):
+            if not os.path.isdir(d):
+                continue
+            try:
+                open(os.path.join(d, "x"), "w").close()
+                wrote = True
+            except OSError:
+                wrote = False
+            out[d] = (os.listdir(d), wrote)
+        for f in ("/proc/kcore", "/proc/keys", "/proc/timer_list"):
+            if os.path.exists(f):
+                with open(f, "rb") as fh:
+                    out[f] = len(fh.read(64))
+        return out
+
+    seen = run(SPEC, look).unwrap()
+    assert seen and any(k.startswith("/sys/") or k == "/proc/acpi" for k in seen), seen
+    for path, what in seen.items():
+        assert what in ([[], False], 0), (path, what)  # the value came back as JSON
