@@ -62,11 +62,11 @@ WARM_ASKED = pytest.StashKey[bool]()
 
 
 def _start_warm_for_all(config: pytest.Config, options: settings.Options) -> None:
-    """--isolate=all: start the zygote now, so that its start-up (a fresh interpreter and a
-    first container, 50-60 ms) overlaps the session's start and collection. Started at
-    session start, the first test still waited 29-41 ms for it (200 trivial tests); at the
-    first collected item, 28-41 ms. Not in an xdist controller, which runs no test (its
-    workers start their own), nor for runs that run no test."""
+    """--isolate=all: start the zygote now, the earliest point where the options are known,
+    so that its start-up (a fresh interpreter and a first container, 55-65 ms here) overlaps
+    the session's start and collection; the first test of a 200-test run still waits 15-30
+    ms for it. Not in an xdist controller, which runs no test (its workers start their own),
+    nor for runs that run no test."""
     if (options.mode == "all" and not config.option.collectonly
             and not getattr(config.option, "help", False)
             and not config.pluginmanager.has_plugin("dsession")):
@@ -99,7 +99,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"{_PDB_MESSAGE} ({len(marked)} marked, e.g. {marked[0]})")
     if config.stash.get(WARM_ASKED, False) or config.option.collectonly:
         return
-    # Markers other plugins added since collection ("all" started at session start).
+    # Markers other plugins added since collection ("all" started at configure).
     if options.mode == "marked" and any(i.get_closest_marker("isolated") for i in items):
         config.stash[WARM_ASKED] = True
         _prepare_warm(options)

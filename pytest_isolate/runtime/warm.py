@@ -206,7 +206,7 @@ def _get_pool() -> _Pool:
 
 
 def prepare(network: str = "none") -> None:
-    """Start the zygote and the first container now (e.g. at session start), not at first use."""
+    """Start the zygote and the first container now (e.g. at pytest_configure), not at first use."""
     _get_pool().ask(network)
 
 
