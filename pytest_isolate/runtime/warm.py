@@ -140,8 +140,11 @@ class _Pool:
         `chores` after building it, and their outcome reaches `on_chores` (None: not done)."""
         with self.lock:
             if self.pending is None and self.ready is None:
-                self._ask(network, chores, on_chores)
-                return
+                try:
+                    self._ask(network, chores, on_chores)
+                    return
+                except OSError:
+                    pass  # the zygote is gone: the next take says so, with the fix
         if chores is not None and on_chores is not None:
             on_chores(None)
 

@@ -232,3 +232,21 @@ def test_a_cgroup_the_zygote_failed_to_make_is_made_in_process(monkeypatch):
     assert [r.unwrap() for r in results] == [True] * 3
     assert len(applied) == 3, "each failed chore must leave the claim to make its own"
     # the caps fixture checks that the zygote undid its half-made cgroups
+
+
+@pytest.mark.usefixtures("caps")
+def test_a_zygote_that_dies_with_a_cgroup_asked_of_it_is_a_clear_error_leaving_none():
+    if os.geteuid() != 0:
+        pytest.skip("warm containers (and so the zygote) are root's")
+    from pytest_isolate.runtime import SetupError, warm
+
+    spec = Spec(resources=Resources(pids=16))
+    assert run(spec, int, 1).unwrap() == 1
+    assert run(spec, int, 2).unwrap() == 2  # the next container's cgroup is now asked for
+    warm._pool.proc.kill()
+    warm._pool.proc.wait()
+    with pytest.raises(SetupError, match="helper process exited"):
+        run(spec, int, 3)
+    warm.shutdown()
+    assert run(spec, int, 4).unwrap() == 4  # a new zygote
+    # the caps fixture checks that the cgroup the dead zygote may have made is gone
