@@ -465,8 +465,12 @@ def test_ctrl_c_while_start_until_done_sleeps_leaves_no_container(cold, monkeypa
     if cold:
         monkeypatch.setenv(warm.DISABLE_ENV, "1")
     marker = f"{time.time():.6f}"
-    # Raised by this process's SIGINT handler on the main thread, as Ctrl-C would be.
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    # Raised by this process's SIGINT handler on the main thread, as Ctrl-C would be. Sent to
+    # the main thread itself: a signal the kernel hands to the timer's thread would not
+    # interrupt the main thread's select (Python runs handlers on the main thread only when
+    # it next runs), and the test then hung until the workload's end (seen in the UML lane).
+    timer = threading.Timer(0.5, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
