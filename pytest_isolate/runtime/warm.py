@@ -110,15 +110,15 @@ class _Pool:
             data = self.sock.recv(1 << 16)
         except OSError:
             data = b""
-        if not data:
-            if on_chores is not None:
-                on_chores(None)
+        reply = json.loads(data) if data else None
+        if on_chores is not None:
+            on_chores(None if reply is None else reply.get("chores"))
+        # A zygote that died after answering took the container it built with it (its inits
+        # die with it): say that, not the ESRCH of joining a dead init.
+        if reply is None or self.proc.poll() is not None:
             return SetupError("warm container", "zygote", None,
                               f"the helper process exited (status {self.proc.poll()})",
                               "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold")
-        reply = json.loads(data)
-        if on_chores is not None:
-            on_chores(reply.get("chores"))
         if "error" in reply:
             return SetupError.from_frame(reply["error"])
         return WarmInit(reply["pid"], network, reply["hostname"])  # type: ignore[arg-type]
