@@ -13,7 +13,8 @@ Two ways to keep that off the critical path:
 
 `claim` then hands out the spare for the caps asked, ready. Every cgroup keeps its
 `pti-<pid>-<n>` name (this process's pid, whoever made it), so a process killed with spares
-left is cleaned up like any other (state.cleanup_stale), and `flush` sweeps the name at the end.
+left is cleaned up like any other (state.cleanup_stale); `flush` also removes, at the end,
+what a zygote was asked to make and never answered for.
 """
 
 from __future__ import annotations
