@@ -49,7 +49,6 @@ mount namespace and vanish with it.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import os
@@ -107,7 +106,6 @@ def _close_foreign(keep: set[int]) -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()  # the parent's was held across fork
-    _exiting.clear()  # the parent's children
 
 
 def _die_with_parent(alive_r: int) -> None:
@@ -120,23 +118,6 @@ def _die_with_parent(alive_r: int) -> None:
 
 # A function workload's last frame and the exit code that follows it (_function_workload).
 _LAST_WORDS = {"return": 0, "raise": 1}
-_exiting: list[int] = []  # settled warm workloads, still exiting: reaped by _reap_exiting
-
-
-def _reap_exiting(block: bool = False) -> None:
-    """Reap settled workloads that have exited (all of them, with `block`). Safe from several
-    threads: a pid leaves the list only once it is reaped."""
-    for pid in list(_exiting):
-        try:
-            done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
-        except ChildProcessError:  # reaped already (another thread, or a waitpid(-1))
-            done = pid
-        if done:
-            with contextlib.suppress(ValueError):
-                _exiting.remove(pid)
-
-
-atexit.register(_reap_exiting, True)
 
 
 SETTLE_EARLY_BYTES = 64 << 20
@@ -312,7 +293,7 @@ class ContainerProcess:
         if self._settled is not None:
             # Exiting a forked copy of a big caller (unmapping its memory) takes milliseconds:
             # that runs on another CPU while the caller goes on; the pid is reaped later.
-            _exiting.append(launch.pid)
+            warm.defer_reap(launch.pid)
             status = _LAST_WORDS[self._settled["t"]] << 8  # what _run_workload exits with
         else:
             _, status = os.waitpid(launch.pid, 0)
@@ -853,7 +834,7 @@ def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
 def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None],
                  sleep: bool = False) -> _Launch:
     """Fork the workload straight into a container the zygote built ahead (see warm.py)."""
-    _reap_exiting()
+    warm.reap_exiting()
     res = spec.resources
     caps = (res.cpu, res.memory, res.pids)
     init = warm.take(spec.network)

@@ -440,9 +440,12 @@ def mount_tmp(root: str) -> None:
            "mode=1777")
 
 
-def mount_proc(root: str) -> None:
+def mount_proc(root: str, pidns: str | None = None) -> None:
+    """A fresh /proc of the mounter's pid namespace, or of the one `pidns` names (a path to a
+    pid namespace file: proc's "pidns" option, new in 2025; older kernels refuse it, EINVAL)."""
     target = f"{root}/proc"
-    _mount("mount proc", "proc", target, "proc", _PROC_FLAGS)
+    _mount("mount proc", "proc", target, "proc", _PROC_FLAGS,
+           None if pidns is None else f"pidns={pidns}")
     for path in MASKED_PATHS:
         if not path.startswith("/proc/"):
             continue

@@ -26,6 +26,8 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_VM = 0x00000100
+CLONE_PIDFD = 0x00001000
 CLONE_CHILD_CLEARTID = 0x00200000
 CLONE_CHILD_SETTID = 0x01000000
 CLONE_INTO_CGROUP = 0x200000000
@@ -113,6 +115,45 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     if rc < 0:
         raise _fail(f"prctl({option}, {arg2})")
     return rc
+
+
+# -- a pid 1 that runs no code of its own --------------------------------------------------------
+
+_libc.clone.restype = ctypes.c_int
+_libc.clone.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                        ctypes.POINTER(ctypes.c_int)]
+_PAUSE = ctypes.cast(_libc.pause, ctypes.c_void_p)
+# The one stack of every sleeper. Shared safely because a sleeper never returns from pause():
+# the only writes to it are glibc's clone() putting the same two words (pause, NULL) on its top
+# and the call's return address, and no signal frame is ever pushed, since a sleeper has no
+# handler to run (its caller checks `handlers_installed()` first).
+_SLEEPER_STACK = ctypes.create_string_buffer(16384)
+
+
+def handlers_installed() -> list[int]:
+    """Signals with a Python handler in this process (a sleeper must inherit none)."""
+    return [n for n in signal.valid_signals()
+            if signal.getsignal(n) not in (signal.SIG_DFL, signal.SIG_IGN, None)]
+
+
+def clone_sleeper(flags: int) -> tuple[int, int]:
+    """A child that shares this process's memory (CLONE_VM) and only ever sits in pause():
+    (its pid, a pidfd). With CLONE_NEWPID in `flags` it is pid 1 of a new pid namespace, made
+    without copying a page table or a page of this process, and its exit frees none either.
+
+    It runs no code that could reach this process's memory: pause() returns only after a
+    signal handler ran, and the caller has none (`handlers_installed()` is empty; glibc's
+    pause only reads the thread's cancellation state in a single-threaded caller). It does
+    not die with its parent on its own: the zygote is pid 1 of a pid namespace of its own, so
+    its sleepers die with it. Its SIGCHLD disposition is this process's (the zygote's
+    SIG_IGN: the kernel reaps the orphans it inherits)."""
+    pidfd = ctypes.c_int(-1)
+    top = ctypes.addressof(_SLEEPER_STACK) + ctypes.sizeof(_SLEEPER_STACK)
+    pid = _libc.clone(_PAUSE, top, flags | CLONE_VM | CLONE_PIDFD | signal.SIGCHLD, None,
+                      ctypes.byref(pidfd))
+    if pid < 0:
+        raise _fail(f"clone(CLONE_VM | {flags:#x})")
+    return pid, pidfd.value
 
 
 def sethostname(name: str) -> None:

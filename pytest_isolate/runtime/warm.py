@@ -46,13 +46,25 @@ def eligible(spec: Spec) -> bool:
 
 
 class WarmInit:
-    """A ready container: its init's pid and a pidfd that the workload joins through."""
+    """A ready container: a pidfd of its init, which the workload joins through."""
 
-    def __init__(self, pid: int, network: str, hostname: str):
-        self.pid = pid
+    def __init__(self, pidfd: int, network: str, hostname: str):
+        self.pidfd = pidfd
         self.network = network
         self.hostname = hostname  # what init named its UTS namespace
-        self.pidfd = os.pidfd_open(pid)
+
+    @property
+    def pid(self) -> int | None:
+        """init's pid in this process's pid namespace (for messages), None once it is gone."""
+        try:
+            with open(f"/proc/self/fdinfo/{self.pidfd}") as f:
+                for line in f:
+                    if line.startswith("Pid:"):
+                        pid = int(line.split()[1])
+                        return pid if pid > 0 else None
+        except (OSError, ValueError):
+            pass
+        return None
 
     @property
     def join_flags(self) -> int:
@@ -82,10 +94,12 @@ class _Pool:
         code = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
                 "from pytest_isolate.runtime.zygote import main; main()")
         # -I -S: no user site, no .pth files, no PYTHON* variables: the runtime needs only the
-        # standard library, and the zygote starts faster without them.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", code, str(theirs.fileno()), str(os.getpid())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, cwd="/")
+        # standard library, and the zygote starts faster without them. It is pid 1 of a pid
+        # namespace of its own: whatever way it dies, every container it built dies with it.
+        with namespaces.pid_namespace_for_next_fork():
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", code, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, cwd="/")
         theirs.close()
         self.pending: str | None = None  # the network of the container asked for
         self.asked_at = 0  # mount_generation() when the pending container was asked for
@@ -107,21 +121,30 @@ class _Pool:
         network, self.pending = self.pending, None
         on_chores, self.on_chores = self.on_chores, None
         try:
-            data = self.sock.recv(1 << 16)
+            data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 1)
         except OSError:
-            data = b""
+            data, fds = b"", []
         reply = json.loads(data) if data else None
+        if reply is None or "error" in reply or not fds:
+            for fd in fds:
+                os.close(fd)
+            fds = []
         if on_chores is not None:
             on_chores(None if reply is None else reply.get("chores"))
         # A zygote that died after answering took the container it built with it (its inits
         # die with it): say that, not the ESRCH of joining a dead init.
         if reply is None or self.proc.poll() is not None:
+            for fd in fds:
+                os.close(fd)
             return SetupError("warm container", "zygote", None,
                               f"the helper process exited (status {self.proc.poll()})",
                               "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold")
         if "error" in reply:
             return SetupError.from_frame(reply["error"])
-        return WarmInit(reply["pid"], network, reply["hostname"])  # type: ignore[arg-type]
+        if not fds:
+            return SetupError("warm container", "zygote", None, "the answer carried no pidfd",
+                              "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold")
+        return WarmInit(fds[0], network, reply["hostname"])  # type: ignore[arg-type]
 
     def _answer(self) -> tuple[str, int, WarmInit]:
         """(network, mount generation at the ask, container) of the last ask."""
@@ -175,17 +198,59 @@ class _Pool:
         if self.ready is not None and isinstance(self.ready[2], WarmInit):
             self.ready[2].kill()
         self.ready = None
-        self.sock.close()  # EOF: the zygote exits, and its inits with it (PDEATHSIG)
+        self.sock.close()  # EOF: the zygote exits, and its containers with it
+        # As pid 1 of its pid namespace, the zygote's exit waits until every process of that
+        # namespace is reaped, our workloads included (we are their parent): reap ours first.
+        reap_exiting(block=True)
+        # A workload still running (a container started and not waited for) holds it, until
+        # that workload is reaped: then the next shutdown, or our exit, reaps the zygote.
+        # Waiting on here could hang.
+        _closed.append(self.proc)
+        _reap_closed(timeout=1)
+
+
+_exiting: list[int] = []  # settled workloads, still exiting: reaped by reap_exiting
+_exiting_pid = os.getpid()  # the process whose children they are
+
+
+def defer_reap(pid: int) -> None:
+    """Reap this settled workload later (`reap_exiting`): exiting a forked copy of a big
+    caller (unmapping its memory) takes milliseconds, which then overlap the caller's work."""
+    global _exiting, _exiting_pid
+    if _exiting_pid != os.getpid():  # a forked child: the list is its parent's
+        _exiting, _exiting_pid = [], os.getpid()
+    _exiting.append(pid)
+
+
+def reap_exiting(block: bool = False) -> None:
+    """Reap deferred workloads that have exited (all of them, with `block`). Safe from several
+    threads: a pid leaves the list only once it is reaped."""
+    if _exiting_pid != os.getpid():
+        return
+    for pid in list(_exiting):
         try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped already (another thread, or a waitpid(-1))
+            done = pid
+        if done:
+            with contextlib.suppress(ValueError):
+                _exiting.remove(pid)
 
 
 _pool: _Pool | None = None
 _pool_lock = threading.Lock()
-_pool_pid = os.getpid()  # the process that _pool and _pool_lock belong to
+_pool_pid = os.getpid()  # the process that _pool, _pool_lock and _closed belong to
+_closed: list[subprocess.Popen] = []  # zygotes told to exit, not reaped yet
+
+
+def _reap_closed(timeout: float) -> None:
+    for proc in list(_closed):
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # in case it is stuck in a build; it may also wait for a reap of ours
+        else:
+            _closed.remove(proc)
 
 
 def _own_lock() -> threading.Lock:
@@ -194,9 +259,9 @@ def _own_lock() -> threading.Lock:
     a handler runs in every forked child, each test's included, and the three this package
     had cost a test's child 144 page faults (about 0.5 ms) before its first line ran. The
     child keeps the parent's socket open (close-on-exec) until it exits, unused."""
-    global _pool, _pool_lock, _pool_pid
+    global _pool, _pool_lock, _pool_pid, _closed
     if _pool_pid != os.getpid():
-        _pool, _pool_lock, _pool_pid = None, threading.Lock(), os.getpid()
+        _pool, _pool_lock, _pool_pid, _closed = None, threading.Lock(), os.getpid(), []
     return _pool_lock
 
 
@@ -234,16 +299,20 @@ def settle() -> None:
 
 
 def shutdown() -> None:
+    """Stop the zygote (and with it every container it built) and reap it."""
     global _pool
     with _own_lock():
         pool, _pool = _pool, None
     if pool is not None:
         pool.close()
+    else:
+        _reap_closed(timeout=1)
 
 
 def _at_exit() -> None:
     with contextlib.suppress(Exception):
         shutdown()
+    reap_exiting(block=True)
 
 
 atexit.register(_at_exit)

@@ -1,30 +1,42 @@
 """The zygote: a small helper process that builds containers ahead of use ("warm" containers).
 
 Why a separate, freshly started interpreter: a container's init forked from the caller copies
-the caller's page tables (about 25 ms per GB), and the caller of a test suite is big. Forked
-from this small process, an init costs well under a millisecond to create, and building its
+the caller's page tables (about 25 ms per GB), and the caller of a test suite is big. Built by
+this small process, a container costs the caller nothing but the join, and building its
 namespaces and root filesystem overlaps whatever the caller does meanwhile.
 
 Protocol, over a SOCK_SEQPACKET socket (one JSON message each way per container):
   caller: {"network": "none" | "host", "chores": {"mkdir": [dir], "write": [[file, value]],
            "rmdir": [dir]} (optional)}
-  zygote: {"pid": <host pid of init>, "hostname": <its name>} or {"error": <setup_error frame>},
-          with "chores": {"busy": [dirs not removed], "error": text or null} when asked
+  zygote: {"hostname": <its name>} with a pidfd of the container's init (SCM_RIGHTS), or
+          {"error": <setup_error frame>}, with "chores": {"busy": [dirs not removed],
+          "error": text or null} when asked
 The chores are the caller's cgroup bookkeeping (cgroups/spares.py): the caller plans them, the
 zygote carries them out after the build, while the caller sleeps through its current test.
 A warm init has fresh mount, uts, ipc, cgroup and (unless network="host") net namespaces, the
 host tree overlay, /proc, /sys, /dev, pivot_root done, lo up, and is pid 1 of a new pid
-namespace. It runs no user code: it reaps orphans until it is killed. The caller's workload
-joins it (see warm.py).
+namespace. It runs no user code. The caller's workload joins it (see warm.py).
 
-Lifetime: the zygote dies with the caller (PDEATHSIG, and EOF on the socket); each init dies
-with the zygote (PDEATHSIG); the kernel kills a pid namespace when its init dies. So nothing
-survives the caller, whatever way it ends.
+How a container is built (`_build_around_sleeper`): its init is a *sleeper*, a clone of this
+process that shares its memory (CLONE_VM) and only sits in pause(), made with all the new
+namespaces at once; the zygote then joins them, mounts the tree, pivots, and goes back home.
+So no init ever runs Python: no page of the zygote is copied, no page table either, and an
+init's exit frees no memory. (The init used to be a fork that built its container itself: of
+its 4.6 ms of CPU per container, 1.1 ms were copy-on-write faults on the zygote's pages and
+0.35 ms the unmapping at its exit.) The new /proc must show the init's pid namespace, not the
+zygote's: proc's "pidns" option does that. Kernels without it (before 2025) get the forked
+init (`_build_forked`); the first build finds out which.
+
+Lifetime: the zygote dies with the caller (PDEATHSIG, and EOF on the socket); it is pid 1 of a
+pid namespace of its own, in which every init it makes is nested, so when it dies, however it
+dies, the kernel kills every init (and with it every container) it made. So nothing survives
+the caller, whatever way it ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import os
@@ -81,8 +93,8 @@ def _init(network: str, plan, ready_w: int) -> None:
         os._exit(code)
 
 
-def _build(network: str) -> dict:
-    plan = rootfs.host_plan(split=False)
+def _build_forked(network: str, plan) -> int:
+    """A container whose init is a fork of this process that builds it itself; its pidfd."""
     ready_r, ready_w = os.pipe()
     with namespaces.pid_namespace_for_next_fork():
         pid = os.fork()
@@ -93,12 +105,86 @@ def _build(network: str) -> dict:
     frames = read_all_frames(ready_r)
     os.close(ready_r)
     if frames and frames[0]["t"] == "ready":
-        return {"pid": pid, "hostname": HOSTNAME}
+        return os.pidfd_open(pid)
     with contextlib.suppress(ChildProcessError):  # SIGCHLD is ignored: may be reaped already
         os.waitpid(pid, 0)
-    error = frames[0] if frames else SetupError(
-        "warm container setup", "-", None, "init exited without a word").to_frame()
-    return {"error": error}
+    if frames:
+        raise SetupError.from_frame(frames[0])
+    raise SetupError("warm container setup", "-", None, "init exited without a word")
+
+
+# Where the zygote goes back to after each build (opened per build: see below).
+_HOME = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
+         ("net", sc.CLONE_NEWNET), ("cgroup", sc.CLONE_NEWCGROUP),
+         ("pid_for_children", sc.CLONE_NEWPID))
+
+
+def _go_home(home: list[int]) -> None:
+    for fd, (_, nstype) in zip(home, _HOME, strict=True):
+        try:
+            sc.setns(fd, nstype)
+        except OSError:
+            os._exit(70)  # stranded in a container: the caller reports "the helper exited"
+    for fd in home:
+        os.close(fd)
+
+
+def _build_around_sleeper(network: str, plan) -> int:
+    """A container whose init is a sleeper (see the module docstring); its pidfd."""
+    flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
+    if network == "none":
+        flags |= sc.CLONE_NEWNET
+    try:
+        pid, pidfd = sc.clone_sleeper(flags | sc.CLONE_NEWPID)
+    except OSError as e:
+        raise SetupError("clone", "warm container init", e.errno, str(e)) from None
+    try:
+        # Opened after the clone, so the sleeper's copy of the fd table (which a container
+        # process may look at in /proc/1/fd) holds no way back into the host's namespaces.
+        home = [os.open(f"/proc/thread-self/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                for name, _ in _HOME]
+        try:
+            try:
+                sc.setns(pidfd, flags | sc.CLONE_NEWPID)  # pid: for proc's pidns option
+            except OSError as e:
+                raise SetupError("setns", "warm container init", e.errno, str(e)) from None
+            root = rootfs.prepare_scratch(None)
+            rootfs.mount_host_tree(root, plan, False)
+            rootfs.mount_proc(root, pidns="/proc/thread-self/ns/pid_for_children")
+            rootfs.mount_sys(root)
+            rootfs.mount_dev(root, False)
+            rootfs.pivot_into(root)  # the sleeper's root and cwd move along
+            namespaces.set_hostname(HOSTNAME)
+            if network == "none":
+                namespaces.bring_up_loopback()
+        finally:
+            _go_home(home)
+        # It inherited SCHED_IDLE; killed at SCHED_OTHER, its teardown is not put off.
+        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+    except BaseException:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+        raise
+    return pidfd
+
+
+# Whether inits are sleepers: None until the first build tells (proc's pidns option).
+_sleepers: list[bool | None] = [None]
+
+
+def _build(network: str) -> int:
+    """The pidfd of a new warm container's init."""
+    plan = rootfs.host_plan(split=False)
+    if _sleepers[0] is not False:
+        try:
+            pidfd = _build_around_sleeper(network, plan)
+            _sleepers[0] = True
+            return pidfd
+        except SetupError as e:
+            if _sleepers[0] or e.errno != errno.EINVAL or e.step not in ("mount proc", "clone"):
+                raise
+            _sleepers[0] = False  # this kernel lacks proc's pidns option (or CLONE_PIDFD)
+    return _build_forked(network, plan)
 
 
 def _chores(chores: dict) -> dict:
@@ -144,34 +230,45 @@ def serve(sock: socket.socket) -> None:
         if not data:
             return
         request = json.loads(data)
+        pidfd = -1
         try:
-            reply = _build(request["network"])
+            pidfd = _build(request["network"])
+            reply: dict = {"hostname": HOSTNAME}
         except SetupError as e:
             reply = {"error": e.to_frame()}
         if "chores" in request:
             reply["chores"] = _chores(request["chores"])
         try:
-            sock.send(json.dumps(reply).encode())
+            socket.send_fds(sock, [json.dumps(reply).encode()], [pidfd] if pidfd >= 0 else [])
         except (BrokenPipeError, ConnectionResetError):
             return
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
 
 
 def main() -> None:
-    fd, parent = int(sys.argv[1]), int(sys.argv[2])
+    fd = int(sys.argv[1])
+    # If the caller died before this prctl, its end of the socket is closed: serve() then
+    # reads EOF (or fails to answer) and returns.
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the caller died before prctl
-        os._exit(0)
+    # Ctrl-C at a terminal reaches the zygote too: it ends with the caller, not on its own.
+    # And a sleeper must inherit no Python handler (syscalls.clone_sleeper).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sc.handlers_installed():
+        _sleepers[0] = False
     sock = socket.socket(fileno=fd)
     # SCHED_IDLE: build only on a CPU nobody else wants. Racing the caller's freshly forked
     # test for a CPU cost 0.6-0.9 ms per test on 2 CPUs (bench/per_test_overhead.py). The
     # caller never starves it: when it waits for a container its own CPU goes idle. Each
-    # init returns to SCHED_OTHER before it says "ready". It is not "only on an idle CPU":
+    # init returns to SCHED_OTHER before it is handed out. It is not "only on an idle CPU":
     # under EEVDF (Linux 6.6+) a waiting SCHED_IDLE task is still picked beside a running
     # test at times (docs/explanation/architecture.md, "Where the remaining gap is").
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     os.chdir("/")
-    # Every page the zygote writes while an init it forked lives is copied. Its objects so far
-    # are frozen out of the collector's reach, so that a collection does not touch them all.
+    # With forked inits (older kernels), every page the zygote writes while one lives is
+    # copied. Its objects so far are frozen out of the collector's reach, so that a
+    # collection does not touch them all.
     gc.freeze()
     serve(sock)
     # Nothing left to flush or free: skipping the interpreter's finalization makes the

@@ -4,7 +4,9 @@ Each test runs as root and again as `nobody` (tests/integration/test_rootless_la
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import signal
 import socket
 import threading
@@ -23,10 +25,12 @@ from pytest_isolate.runtime import (
     start_until_done,
     warm,
 )
+from pytest_isolate.runtime import syscalls as sc
 from tests.conftest import require, sleeps_with
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 SPEC = Spec(hostname="box")
+WARM_IS_ROOTS = "rootless: warm containers (and so the zygote) are root's"
 
 
 def test_proc_shows_only_the_containers_processes():
@@ -56,6 +60,104 @@ def test_a_warm_containers_processes_keep_the_normal_scheduling_policy():
     assert run(SPEC, policies).value == [os.SCHED_OTHER, os.SCHED_OTHER]
 
 
+def _proc_takes_pidns() -> bool:
+    """Whether this kernel's proc takes the "pidns" mount option (tried in a throwaway child)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            sc.unshare(sc.CLONE_NEWNS)
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            sc.mount("pti-test", "/dev/shm", "tmpfs")
+            os.mkdir("/dev/shm/p")
+            sc.mount("proc", "/dev/shm/p", "proc", 0, "pidns=/proc/self/ns/pid")
+            code = 0
+        except OSError as e:
+            code = 1 if e.errno == errno.EINVAL else 2
+        finally:
+            os._exit(code)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    assert code in (0, 1), code
+    return code == 0
+
+
+_KCMP = {"x86_64": 312, "aarch64": 272}  # kcmp(2) with KCMP_VM (1): 0 when the memory is one
+
+
+def _shares_memory(zygote: int, init: int) -> bool:
+    """Whether init is a sleeper: by kcmp where the kernel has it (not UML's), else by what only
+    a forked init has, a handler of its own (for SIGCHLD): a sleeper inherits none."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr = _KCMP.get(os.uname().machine)
+    rc = -1 if nr is None else libc.syscall(nr, zygote, init, 1, 0, 0)
+    if rc >= 0:
+        return rc == 0
+    assert nr is None or ctypes.get_errno() == errno.ENOSYS, os.strerror(ctypes.get_errno())
+    with open(f"/proc/{init}/status") as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return caught == 0
+
+
+def _zygote_children() -> set[int]:
+    z = warm._pool.proc.pid
+    with open(f"/proc/{z}/task/{z}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def test_a_warm_init_shares_the_zygotes_memory_where_proc_takes_a_pidns():
+    # A sleeper (syscalls.clone_sleeper): no page of the zygote copied, none freed at its end.
+    # Kernels whose proc lacks the pidns option get a forked init, its own memory.
+    if not warm.eligible(SPEC):
+        pytest.skip(WARM_IS_ROOTS)
+    assert run(SPEC, os.getpid).value == 2  # the zygote is up, the next container asked for
+    init = warm.take(SPEC.network)
+    try:
+        assert _shares_memory(warm._pool.proc.pid, init.pid) == _proc_takes_pidns()
+    finally:
+        init.kill()
+
+
+def test_a_killed_zygote_takes_every_container_it_built_along():
+    # It is pid 1 of its own pid namespace: its inits, the one taken and the one built ahead,
+    # die with it, whatever their kind (a sleeper has no PDEATHSIG of its own).
+    if not warm.eligible(SPEC):
+        pytest.skip(WARM_IS_ROOTS)
+    assert run(SPEC, os.getpid).value == 2
+    taken = warm.take(SPEC.network)
+    warm.ask_next(SPEC.network)
+    deadline = time.monotonic() + 10
+    while len(_zygote_children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    inits = [os.pidfd_open(p) for p in _zygote_children()]
+    assert len(inits) == 2
+    try:
+        warm._pool.proc.kill()
+        warm._pool.proc.wait()
+        gone, _, _ = select.select(inits, [], [], 10)  # a pidfd reads ready once it exited
+        assert len(gone) == 2
+    finally:
+        for fd in inits:
+            os.close(fd)
+        taken.kill()
+        warm.shutdown()
+    assert run(SPEC, os.getpid).value == 2  # a new zygote
+
+
+def test_shutdown_does_not_hang_on_a_warm_container_still_running():
+    # The zygote's exit (pid 1 of its pid namespace) waits until every process of that
+    # namespace is reaped; a workload still running is ours to reap, so shutdown gives up
+    # waiting after a while instead of hanging, and the workload is killed.
+    if not warm.eligible(SPEC):
+        pytest.skip(WARM_IS_ROOTS)
+    proc = start(SPEC, lambda: time.sleep(60))
+    t0 = time.monotonic()
+    warm.shutdown()
+    assert time.monotonic() - t0 < 5
+    assert proc.wait(timeout=10).signal == signal.SIGKILL
+
+
 @pytest.mark.parametrize("settle", [True, False], ids=["at-last-frame", "at-exit"])
 def test_a_big_caller_goes_on_at_the_last_frame_with_the_same_outcomes(settle, monkeypatch):
     # A caller above SETTLE_EARLY_BYTES does not wait for its forked copy to exit; what it
@@ -76,7 +178,7 @@ def test_a_big_caller_goes_on_at_the_last_frame_with_the_same_outcomes(settle, m
         assert (proc._settled is not None) == expected, name
         outcomes[name] = (r.value, r.error and r.error.type, r.exit_status, r.signal)
         pid = proc._launch.pid
-        container._reap_exiting(block=True)
+        warm.reap_exiting(block=True)
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reaped, not left a zombie
     assert outcomes == {"return": (2, None, 0, None), "raise": (None, "KeyError", 1, None),
