@@ -161,9 +161,13 @@ def _build_around_sleeper(network: str, plan) -> int:
             _go_home(home)
         # It inherited SCHED_IDLE; killed at SCHED_OTHER, its teardown is not put off.
         os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
-    except BaseException:
+    except BaseException as e:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         os.close(pidfd)
+        if isinstance(e, Exception) and not isinstance(e, SetupError):
+            # any failure here is a setup failure to report, as a forked init reports it
+            raise SetupError("warm container setup", "-", getattr(e, "errno", None),
+                             f"{type(e).__name__}: {e}") from None
         raise
     return pidfd
 

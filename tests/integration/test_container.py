@@ -5,6 +5,7 @@ Each test runs as root and again as `nobody` (tests/integration/test_rootless_la
 from __future__ import annotations
 
 import errno
+import json
 import os
 import select
 import signal
@@ -117,6 +118,46 @@ def test_a_warm_init_shares_the_zygotes_memory_where_proc_takes_a_pidns():
         assert _shares_memory(warm._pool.proc.pid, init.pid) == _proc_takes_pidns()
     finally:
         init.kill()
+
+
+def test_a_failing_warm_build_is_a_setup_error_back_home_with_its_init_killed():
+    # Run as the zygote runs it, in a forked child of this process, with a step that fails.
+    if not warm.eligible(SPEC):
+        pytest.skip(WARM_IS_ROOTS)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            from pytest_isolate.runtime import rootfs, zygote
+
+            for n in sc.handlers_installed():  # as the zygote: a sleeper inherits none
+                signal.signal(n, signal.SIG_DFL)
+
+            def boom(root):
+                raise OSError(errno.EIO, "injected")
+            rootfs.mount_sys = boom
+            home = [os.stat(f"/proc/self/ns/{n}").st_ino for n in ("mnt", "net", "uts")]
+            try:
+                zygote._build_around_sleeper("none", rootfs.host_plan(split=False))
+                said = "no error"
+            except SetupError as e:
+                said = f"{e.step}: {e.message}"
+            back = home == [os.stat(f"/proc/self/ns/{n}").st_ino for n in ("mnt", "net", "uts")]
+            _, status = os.waitpid(-1, 0)  # the init it made, killed
+            os.write(w, json.dumps([said, back, os.WTERMSIG(status)]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    out = os.read(r, 4096).decode()
+    os.close(r)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    said, back, sig = json.loads(out)
+    # Where proc lacks the pidns option the build fails earlier, at /proc, as it should.
+    want = ("warm container setup: OSError: [Errno 5] injected" if _proc_takes_pidns()
+            else "mount proc: ")
+    assert said.startswith(want) and back and sig == signal.SIGKILL, out
 
 
 def test_a_killed_zygote_takes_every_container_it_built_along():
