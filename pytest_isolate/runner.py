@@ -11,7 +11,8 @@ created once and inherited by each container through fork.
   collectors + wider fixtures set up here
   start container -------------------------------> setup, call, teardown (function fixtures)
                                                    each report -> frame on a memfd (never
-                                                   blocks, survives the process being killed)
+                                                   blocks, survives the process being killed;
+                                                   report_frames.py)
   wait: Result with cgroup figures <-------------- exits
   read frames; a phase without a report gets one that says what killed it (OOM, pids,
   timeout with the test's Python stack, signal)
@@ -33,10 +34,9 @@ from typing import Any
 
 import pytest
 
-from . import coverage_bridge, reporting
+from . import coverage_bridge, report_frames, reporting
 from . import pytest_private as pp
 from .runtime import container as rt
-from .runtime.channel import read_all_frames, write_frame
 from .runtime.errors import IsolationError, SetupError, UnsupportedError
 from .runtime.result import Result
 from .settings import ItemSettings, Options, SettingError
@@ -99,7 +99,7 @@ def _child(item: pytest.Item, scratch: _Scratch, started: float, timeout: float 
     cov = coverage_bridge.in_container()
 
     def emit(frame: dict) -> None:
-        write_frame(scratch.reports, frame)
+        report_frames.write(scratch.reports, frame)
 
     def report(rep: pytest.TestReport) -> pytest.TestReport:
         emit({"t": "report",
@@ -222,18 +222,7 @@ KEPT_KEY = pytest.StashKey[list]()
 
 
 def _frames(scratch: _Scratch) -> list[dict]:
-    # A frame cut short by a kill stays pending in the reader and is dropped.
-    os.lseek(scratch.reports, 0, os.SEEK_SET)
-    return read_all_frames(scratch.reports)
-
-
-def _report_from_json(config: pytest.Config, data: dict) -> pytest.TestReport:
-    rep = config.hook.pytest_report_from_serializable(config=config, data=data)
-    # JSON has no tuples: a skip's longrepr is (path, lineno, reason), properties are pairs.
-    if isinstance(rep.longrepr, list):
-        rep.longrepr = tuple(rep.longrepr)
-    rep.user_properties = [tuple(p) for p in rep.user_properties]
-    return rep
+    return report_frames.parse(_Scratch.read(scratch.reports))
 
 
 def _reissue_warning(frame: dict) -> None:
@@ -330,7 +319,8 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
         frames = _frames(scratch)
         for frame in frames:
             if frame["t"] == "report":
-                rep = _report_from_json(config, frame["data"])
+                rep = config.hook.pytest_report_from_serializable(config=config,
+                                                                  data=frame["data"])
                 reports.setdefault(rep.when, rep)
             elif frame["t"] == "warning":
                 _reissue_warning(frame)

@@ -345,6 +345,20 @@ def test_warnings_reach_the_summary(pytester):
     result.stdout.fnmatch_lines(["*UserWarning: raised inside the container*"])
 
 
+def test_a_property_of_any_type_reaches_junit_xml_as_without_isolation(pytester):
+    # A date cannot travel in a report frame as it is: it arrives as its str(), which is what
+    # junitxml writes for it anyway.
+    result = run(pytester, """
+        import datetime, pytest
+
+        @pytest.mark.isolated
+        def test_prop(record_property):
+            record_property("when", datetime.date(2020, 1, 2))
+    """, "--junit-xml=out.xml")
+    result.assert_outcomes(passed=1)
+    assert 'name="when" value="2020-01-02"' in (pytester.path / "out.xml").read_text()
+
+
 def test_junit_xml_gets_the_figures(pytester, caps_ok):
     result = run(pytester, """
         import pytest
