@@ -212,10 +212,24 @@ def item_settings(item: pytest.Item, options: Options) -> ItemSettings | None:
     if options.mode == "off":
         return None
     marked = marker_settings(item)
-    if marked is None and options.mode != "all":
-        return None
+    if marked is None:
+        if options.mode != "all":
+            return None
+        # Every unmarked test of a session gets the same settings: build them once.
+        global _unmarked
+        if _unmarked is None or _unmarked[0] is not options:
+            _unmarked = (options, _build(item, options, {}))
+        return _unmarked[1]
+    return _build(item, options, marked)
+
+
+# (the session's Options, the settings of its tests without a marker)
+_unmarked: tuple[Options, ItemSettings] | None = None
+
+
+def _build(item: pytest.Item, options: Options, marked: dict[str, Setting]) -> ItemSettings:
     chosen: dict[str, Setting] = dict(options.defaults)
-    for arg, setting in (marked or {}).items():
+    for arg, setting in marked.items():
         value, expected = _check_value(arg, setting.value)
         if expected is not None:
             raise SettingError(item.nodeid, arg, setting.value, setting.source,

@@ -234,11 +234,28 @@ CHECKS: tuple[Callable[[Spec], dict], ...] = (
 )
 
 
+# The last spec validated and the result, kept when no check of it looked at the filesystem
+# or at a mapping that could change in place: the plugin validates one Spec object for every
+# test without a marker.
+_last: tuple[Spec, Spec] | None = None
+
+
+def _pure(spec: Spec) -> bool:
+    return not (spec.rootfs or spec.image or spec.mounts or spec.env or spec.keep_dir)
+
+
 def validate(spec: Spec) -> Spec:
     """Run every check; return the spec with values normalised (sizes in bytes, absolute paths)."""
+    global _last
+    last = _last
+    if last is not None and last[0] is spec and _pure(spec):
+        return last[1]
     if not isinstance(spec, Spec):
         raise SpecError("spec", spec, "a pytest_isolate.runtime.Spec")
     changes: dict[str, Any] = {}
     for check in CHECKS:
         changes.update(check(spec))
-    return replace(spec, **changes) if changes else spec
+    valid = replace(spec, **changes) if changes else spec
+    if _pure(spec):
+        _last = (spec, valid)
+    return valid

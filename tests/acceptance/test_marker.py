@@ -250,6 +250,24 @@ def test_cli_beats_ini_and_all_and_off_modes(pytester):
     result.stdout.fnmatch_lines(["*only available in isolated tests*"])
 
 
+def test_unmarked_tests_of_each_session_get_that_sessions_settings(pytester, monkeypatch):
+    # The settings of unmarked tests are built once per session: a second session in the same
+    # process (pytester runs in-process) must not see the first one's.
+    source = """
+        import os
+
+        def test_one(isolation):
+            assert isolation.resources.timeout == int(os.environ["EXPECT_TIMEOUT"])
+
+        def test_two(isolation):
+            assert isolation.resources.timeout == int(os.environ["EXPECT_TIMEOUT"])
+    """
+    for timeout in ("20", "25"):
+        monkeypatch.setenv("EXPECT_TIMEOUT", timeout)
+        run(pytester, source, "--isolate=all", f"--isolate-timeout={timeout}"
+            ).assert_outcomes(passed=2)
+
+
 @pytest.mark.parametrize(("marker", "expected"), [
     ('cpu="fast"', "*test_it.py::test_x: isolated(cpu='fast') from marker on test_x: expected "
                    "a number of CPUs > 0*"),

@@ -71,3 +71,21 @@ def test_spec_error_names_its_source():
 def test_spec_is_frozen():
     with pytest.raises(AttributeError):
         Spec().hostname = "x"  # type: ignore[misc]
+
+
+def test_a_spec_validated_again_gives_the_same_answer_without_a_stale_one(tmp_path):
+    spec = Spec(resources=Resources(memory="64M"))
+    first = validate(spec)
+    assert validate(spec) is first  # remembered: nothing in it can change
+    with_env = Spec(env={})
+    validate(with_env)
+    with_env.env["A=B"] = "x"  # type: ignore[index]  # a mapping changed in place
+    with pytest.raises(SpecError, match="A=B"):
+        validate(with_env)
+    root = tmp_path / "root"
+    root.mkdir()
+    on_disk = Spec(rootfs=str(root))
+    validate(on_disk)
+    root.rmdir()  # the filesystem is asked again every time
+    with pytest.raises(SpecError, match="rootfs"):
+        validate(on_disk)
