@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import resource
 import select
@@ -404,12 +405,24 @@ def _in_child(result_w: int, body: Callable[[], None]) -> None:
 
 
 def _wait_placed(place_r: int | None) -> None:
-    """Block until the parent has put this process in its cgroup (only when caps are asked)."""
+    """Block until this process is in its cgroup (only when caps are asked): b"p" from the
+    parent or the zygote, or b"x" and a frame saying why not (zygote.py)."""
     if place_r is not None:
         placed = os.read(place_r, 1)
+        if placed == b"x":
+            frame = _read_to_end(place_r)
+            os.close(place_r)
+            raise SetupError.from_frame(json.loads(frame))
         os.close(place_r)
         if placed != b"p":
             os._exit(SETUP_FAILED)
+
+
+def _read_to_end(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _outer_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: set[int],
@@ -755,7 +768,15 @@ def _deadline(spec: Spec, started: float) -> float | None:
     return None if timeout is None else started + timeout
 
 
-def _sleep_until_done(pid: int, result_r: int, deadline: float | None) -> int | None:
+def _pidfd_or_none(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:  # not for an unreaped child of ours; the pipe still tells
+        return None
+
+
+def _sleep_until_done(pid: int, result_r: int, deadline: float | None,
+                      pidfd: int | None = None) -> int | None:
     """Block, running nothing, until the workload's first frame (a function workload writes
     one, at its end), the exit of the child `pid`, or the deadline; returns a pidfd of the
     child, which the wait goes on with (start_until_done).
@@ -763,11 +784,10 @@ def _sleep_until_done(pid: int, result_r: int, deadline: float | None) -> int | 
     Why: the child runs on this process's CPU as soon as this process blocks (measured with
     perf sched: its first run 0.17 ms after the fork, against 0.63 ms when this process first
     did its own bookkeeping), and until the child exits every page this process writes is
-    copied (about 4 us a page, against under 1 us after the exit)."""
-    try:
-        pidfd: int | None = os.pidfd_open(pid)
-    except ProcessLookupError:  # not for an unreaped child of ours; the pipe still tells
-        pidfd = None
+    copied (about 4 us a page, against under 1 us after the exit). `pidfd`: one of the
+    child opened already."""
+    if pidfd is None:
+        pidfd = _pidfd_or_none(pid)
     try:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         select.select([result_r] if pidfd is None else [result_r, pidfd], [], [], left)
@@ -780,8 +800,10 @@ def _sleep_until_done(pid: int, result_r: int, deadline: float | None) -> int | 
 def _sleep_after_launch(launch: _Launch, spec: Spec) -> None:
     """_sleep_until_done for a container already placed; on Ctrl-C it is killed and reaped."""
     try:
+        # Handed over: on an exception the sleep closes it itself.
+        opened, launch.exited_fd = launch.exited_fd, None
         launch.exited_fd = _sleep_until_done(launch.pid, launch.result_r,
-                                             _deadline(spec, launch.started))
+                                             _deadline(spec, launch.started), opened)
     except BaseException:
         _abandon(launch)
         raise
@@ -842,12 +864,20 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
         cgroup = spares.claim(*caps)  # type: ignore[arg-type]
     except BaseException:
         init.kill()
-        raise
-    finally:
-        # The next container builds while this one runs; with it the zygote makes the next
-        # one's cgroup and removes ended ones (after the claim: it plans for the next).
         warm.ask_next(spec.network, *spares.chores(*caps))  # type: ignore[arg-type]
+        raise
     capped = not isinstance(cgroup, NoCgroup)
+    # The next container builds while this one runs; with it the zygote makes the next one's
+    # cgroup and removes ended ones (after the claim: it plans for the next). Where the child
+    # cannot be born in its cgroup (v1), the ask waits until after the fork: the zygote
+    # places the child first (zygote.py says why).
+    chores = spares.chores(*caps)  # type: ignore[arg-type]
+    ask = None
+    if capped and cgroup.birth_dir() is None:
+        ask = warm.PreparedAsk(spec.network, *chores, cgroup.procs_files())
+    else:
+        warm.ask_next(spec.network, *chores)
+    zygote_places = False
     settles = not capped and not child_stdio and _big_caller()
     pid: int | None = None
     pidfd: int | None = None
@@ -870,14 +900,23 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
                     _warm_stage(spec, init, workload, result_w,
                                 keep | ({place_r} if place_r is not None else set()), place_r,
                                 capped)
-            if sleep and not child_stdio and (born or not capped):
+            if ask is not None:
+                pidfd = _pidfd_or_none(pid)
+                zygote_places = ask.send(pidfd, place_w)  # type: ignore[arg-type]
+                if zygote_places:
+                    _close(place_w)
+                    place_w = None
+            if sleep and not child_stdio and (born or not capped or zygote_places):
                 # At once, before any bookkeeping: the child waits for this CPU.
-                pidfd = _sleep_until_done(pid, result_r, _deadline(spec, started))
+                opened, pidfd = pidfd, None  # handed over: closed by the sleep if it fails
+                pidfd = _sleep_until_done(pid, result_r, _deadline(spec, started), opened)
                 slept = True
         for fd in (result_w, place_r,
                    *(fd for t, fd in child_ends.items() if t in parent_ends)):
             _close(fd)
     except BaseException:  # Ctrl-C during the sleep, as a rule
+        if ask is not None:
+            ask.abandon()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -891,7 +930,7 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
         raise
     launch = _Launch(pid, result_r, None, parent_ends, cgroup, started, None, init, settles)
     launch.exited_fd = pidfd
-    if capped and not born:
+    if capped and not born and not zygote_places:
         try:
             _place(launch, place_w)
         except BaseException:

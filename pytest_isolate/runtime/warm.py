@@ -171,6 +171,21 @@ class _Pool:
         if chores is not None and on_chores is not None:
             on_chores(None)
 
+    def send_prepared(self, ask: PreparedAsk, fds: list[int]) -> bool:
+        ask.sent = True
+        with self.lock:
+            if self.pending is None and self.ready is None:
+                try:
+                    socket.send_fds(self.sock, [ask.data], fds)
+                    self.pending, self.asked_at = ask.network, ask.asked_at
+                    self.on_chores = ask.on_chores
+                    return bool(fds)
+                except OSError:
+                    pass  # the zygote is gone: the next take says so, with the fix
+        if ask.on_chores is not None:
+            ask.on_chores(None)
+        return False
+
     def take(self, network: str) -> WarmInit:
         """The container asked for ahead if it fits, else one built now."""
         with self.lock:
@@ -288,6 +303,36 @@ def ask_next(network: str, chores: dict | None = None,
     """Have the zygote build the next container while this one is used, and do `chores`
     (see zygote.py), whose outcome reaches `on_chores` at a later take or `settle`."""
     _get_pool().ask(network, chores, on_chores)
+
+
+class PreparedAsk:
+    """An `ask_next` that first has the zygote move a workload into its cgroup (zygote.py says
+    why), made before the workload's fork and sent after it: between the two, every page this
+    process writes is copied, so all the work is done before."""
+
+    def __init__(self, network: str, chores: dict | None,
+                 on_chores: Callable[[dict | None], None] | None, procs: list[str]) -> None:
+        request: dict = {"network": network, "place": procs}
+        if chores is not None:
+            request["chores"] = chores
+        self.data = json.dumps(request).encode()
+        self.network = network
+        self.on_chores = on_chores if chores is not None else None
+        self.asked_at = rootfs.mount_generation()
+        self.pool = _get_pool()
+        self.sent = False
+
+    def send(self, pidfd: int | None, placed_w: int) -> bool:
+        """Send with the workload's pidfd and the write end of its "placed" pipe; False when
+        the zygote did not get them (placing is then the caller's)."""
+        return self.pool.send_prepared(self, [] if pidfd is None else [pidfd, placed_w])
+
+    def abandon(self) -> None:
+        """Not to be sent (the fork failed, say): its chores' outcome is that none were done."""
+        if not self.sent:
+            self.sent = True
+            if self.on_chores is not None:
+                self.on_chores(None)
 
 
 def settle() -> None:

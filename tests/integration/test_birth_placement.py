@@ -56,9 +56,9 @@ FORK_INTO = textwrap.dedent("""
 """)
 
 
-def _python(code: str, *args: str) -> str:
+def _python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": REPO})
+                          env={**os.environ, "PYTHONPATH": REPO, **(env or {})})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout.strip()
 
@@ -71,6 +71,7 @@ def test_fork_into_cgroup_gives_a_child_born_there_with_pythons_fork_bookkeeping
 
 
 PLACEMENT = textwrap.dedent("""
+    import time
     from pytest_isolate.runtime import Resources, Spec, run
     from pytest_isolate.runtime.cgroups import _detect, spares
     from pytest_isolate.runtime.cgroups.v1 import V1Cgroup
@@ -79,20 +80,32 @@ PLACEMENT = textwrap.dedent("""
     for driver in (V1Cgroup, V2Cgroup):
         real = driver.add_process
         driver.add_process = lambda self, pid, real=real: (writes.append(pid), real(self, pid))
+
+    def busy():
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:
+            pass
+        return 7
     try:
-        r = run(Spec(resources=Resources(pids=64)), int, 7)
+        r = run(Spec(resources=Resources(pids=64)), busy)
     finally:
         spares.flush()
     assert r.unwrap() == 7
-    print(_detect()[0], len(writes))
+    print(_detect()[0], len(writes), r.stats.cpu_seconds)
 """)
 
 
-def test_a_capped_container_joins_its_cgroup_at_birth_on_v2_and_by_a_write_on_v1():
+@pytest.mark.parametrize("warm", ["warm", "cold"])
+def test_a_capped_container_joins_its_cgroup_at_birth_on_v2_and_by_a_write_on_v1(warm):
     require_caps()
-    mode, writes = _python(PLACEMENT).split()
+    env = {} if warm == "warm" else {"PYTEST_ISOLATE_NO_WARM": "1"}
+    mode, writes, cpu = _python(PLACEMENT, env=env).split()
+    # Its cgroup counted the workload's CPU time: it ran there.
+    assert float(cpu) >= 0.04, f"{mode} {warm}: the workload's CPU time was not counted"
     if mode == "v2":
         assert writes == "0", "on cgroup v2 the container must be born in its cgroup"
+    elif warm == "warm":
+        assert writes == "0", f"{mode}: the zygote places a warm container, not this process"
     else:
         assert writes == "1", f"{mode}: the container must be placed by one cgroup.procs write"
 

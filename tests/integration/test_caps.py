@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pytest_isolate.runtime import Resources, Spec, UnsupportedError, run, run_command
+from pytest_isolate.runtime import Resources, SetupError, Spec, UnsupportedError, run, run_command
 from pytest_isolate.runtime.cgroups import own_cgroup_dirs, spares, writable_controllers
 from tests.conftest import require_caps, sleeps_with
 
@@ -106,19 +106,20 @@ def test_figures_are_there_for_a_capped_run_and_absent_without_caps():
 @pytest.mark.usefixtures("caps")
 @pytest.mark.parametrize("warm", ["warm", "cold"])
 def test_a_failed_placement_kills_the_container_and_leaves_no_cgroup(monkeypatch, warm):
+    # Warm, the zygote places the workload (v1) and the workload reports why it could not;
+    # cold, this process does, and raises.
     from pytest_isolate.runtime.cgroups.v1 import V1Cgroup
     from pytest_isolate.runtime.cgroups.v2 import V2Cgroup
 
-    def refuse(self, pid):
-        raise OSError(errno.EACCES, "placement refused (by the test)")
-
+    nowhere = "/sys/fs/cgroup/pti-refused-by-the-test/cgroup.procs"
     for driver in (V1Cgroup, V2Cgroup):
-        monkeypatch.setattr(driver, "add_process", refuse)
+        monkeypatch.setattr(driver, "procs_files", lambda self: [nowhere])
         monkeypatch.setattr(driver, "birth_dir", lambda self: None)  # placed by a write
     if warm == "cold":
         monkeypatch.setenv("PYTEST_ISOLATE_NO_WARM", "1")
-    with pytest.raises(OSError, match="placement refused"):
+    with pytest.raises(SetupError, match=f"join cgroup: {nowhere}: .*No such file") as info:
         run(Spec(resources=Resources(pids=64)), int, 7)
+    assert info.value.errno == errno.ENOENT
     # the caps fixture checks that no cgroup of this process remains
 
 

@@ -40,6 +40,9 @@ class Driver(Protocol):
     def directories(self) -> list[str]:
         """What removal takes, in order (rmdir each)."""
         ...
+    def procs_files(self) -> list[str]:
+        """The cgroup.procs files a process is written to, to join (add_process)."""
+        ...
 
 
 def read(path: str) -> str | None:
@@ -134,4 +137,7 @@ class NoCgroup:
         return None
 
     def directories(self) -> list[str]:
+        return []
+
+    def procs_files(self) -> list[str]:
         return []

@@ -66,9 +66,12 @@ class V1Cgroup:
     def directories(self) -> list[str]:
         return list(self.dirs.values())
 
+    def procs_files(self) -> list[str]:
+        return [os.path.join(d, "cgroup.procs") for d in self.dirs.values()]
+
     def add_process(self, pid: int) -> None:
-        for d in self.dirs.values():
-            write(os.path.join(d, "cgroup.procs"), str(pid), "join cgroup")
+        for path in self.procs_files():
+            write(path, str(pid), "join cgroup")
 
     def stats(self) -> CgroupStats:
         def f(ctl: str, name: str) -> str | None:

@@ -74,8 +74,12 @@ class V2Cgroup:
     def directories(self) -> list[str]:
         return [self.dir]
 
+    def procs_files(self) -> list[str]:
+        return [os.path.join(self.dir, "cgroup.procs")]
+
     def add_process(self, pid: int) -> None:
-        write(os.path.join(self.dir, "cgroup.procs"), str(pid), "join cgroup")
+        for path in self.procs_files():
+            write(path, str(pid), "join cgroup")
 
     def stats(self) -> CgroupStats:
         def f(name: str) -> str | None:
