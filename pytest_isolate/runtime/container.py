@@ -414,8 +414,11 @@ def _wait_placed(place_r: int | None) -> None:
             os.close(place_r)
             raise SetupError.from_frame(json.loads(frame))
         os.close(place_r)
-        if placed != b"p":
-            os._exit(SETUP_FAILED)
+        if placed != b"p":  # EOF: the placing process ended first (a caller's own failure
+            # kills us and is reported by the caller instead)
+            raise SetupError("join cgroup", "-", None, "the process placing this container in "
+                             "its cgroup (the zygote) ended before it was done",
+                             "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold")
 
 
 def _read_to_end(fd: int) -> bytes:
