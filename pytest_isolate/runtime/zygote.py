@@ -278,6 +278,7 @@ def _place(procs: list[str], fds: list[int], level: int) -> None:
 def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # inits are reaped by the kernel
     level = _own_level()
+    eager = False  # waiting as SCHED_OTHER (see below); builds always run as SCHED_IDLE
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 2)
@@ -295,6 +296,9 @@ def serve(sock: socket.socket) -> None:
         else:
             for fd in fds:
                 os.close(fd)
+        if eager:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            eager = False
         pidfd = -1
         try:
             pidfd = _build(request["network"])
@@ -303,6 +307,12 @@ def serve(sock: socket.socket) -> None:
             reply = {"error": e.to_frame()}
         if "chores" in request:
             reply["chores"] = _chores(request["chores"])
+        if "place" in request:
+            # The next request likely places a waiting workload first (the caps of a suite's
+            # tests seldom change): woken as SCHED_OTHER it gets a CPU at once, not leftover
+            # time. Measured (caps, 200 tests, A/B): -0.15 and -0.28 ms a test (16 of 20).
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            eager = True
         try:
             socket.send_fds(sock, [json.dumps(reply).encode()], [pidfd] if pidfd >= 0 else [])
         except (BrokenPipeError, ConnectionResetError):
