@@ -101,6 +101,13 @@ def _shares_memory(zygote: int, init: int) -> bool:
     return caught == 0
 
 
+def _wait_for(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.01)
+
+
 def _zygote_children() -> set[int]:
     z = warm._pool.proc.pid
     with open(f"/proc/{z}/task/{z}/children") as f:
@@ -166,14 +173,15 @@ def test_a_killed_zygote_takes_every_container_it_built_along():
     if not warm.eligible(SPEC):
         pytest.skip(WARM_IS_ROOTS)
     assert run(SPEC, os.getpid).value == 2
-    taken = warm.take(SPEC.network)
-    warm.ask_next(SPEC.network)
-    deadline = time.monotonic() + 10
-    while len(_zygote_children()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    inits = [os.pidfd_open(p) for p in _zygote_children()]
-    assert len(inits) == 2
+    taken = warm.take(SPEC.network)  # built ahead by that run's launch
+    inits: list[int] = []
     try:
+        # The init of the container run above dies on its own time: wait until only the
+        # taken one is left, then have the next one built.
+        _wait_for(lambda: _zygote_children() == {taken.pid})
+        warm.ask_next(SPEC.network)
+        _wait_for(lambda: len(_zygote_children()) == 2)
+        inits = [os.pidfd_open(p) for p in _zygote_children()]
         warm._pool.proc.kill()
         warm._pool.proc.wait()
         gone, _, _ = select.select(inits, [], [], 10)  # a pidfd reads ready once it exited
