@@ -1,0 +1,107 @@
+"""Interleaved A/B of two versions of the plugin on the same trivial suite, in the same run.
+
+    python bench/ab_compare.py [--rounds 10] [--tests 200] VARIANT ...
+
+A VARIANT is NAME=WHERE[:ARGS]: WHERE is a git revision of this repository (exported to a
+temporary directory) or a directory holding a `pytest_isolate` package; ARGS are pytest
+options, split on spaces. A variant named "plain" is the baseline every other is measured
+against. Each round runs every variant once, in a shuffled order, so that the machine's drift
+cancels out; the script prints each variant's per-test overhead over plain (median, and each
+round), and for two variants besides plain (and "forked", if given) the paired difference:
+its median and in how many rounds the second was better. Example (the change at HEAD against
+its parent, with caps):
+
+    python bench/ab_compare.py --rounds 10 plain=HEAD forked=HEAD:--forked \\
+        "A=HEAD~1:--isolate=all --isolate-memory=1G" "B=HEAD:--isolate=all --isolate-memory=1G"
+
+All rows run in the pytest 8.4.2 venv scripts/setup.sh builds (as bench/per_test_overhead.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY84 = "/opt/pytest-isolate/pytest84/bin/python"
+
+
+def package_dir(where: str, tmp: Path) -> str:
+    """A directory whose pytest_isolate is the one asked for."""
+    if (Path(where) / "pytest_isolate").is_dir():
+        return str(Path(where).resolve())
+    out = tmp / f"rev-{len(list(tmp.iterdir()))}"
+    out.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", where, "pytest_isolate"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return str(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--tests", type=int, default=200)
+    ap.add_argument("--python", default=PY84)
+    ap.add_argument("variants", nargs="+", metavar="NAME=WHERE[:ARGS]")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pti-ab-") as t:
+        tmp = Path(t)
+        (tmp / "pkgs").mkdir()
+        variants = []
+        for spec in a.variants:
+            name, _, rest = spec.partition("=")
+            where, _, args = rest.partition(":")
+            variants.append((name, package_dir(where, tmp / "pkgs"), args.split()))
+        if "plain" not in [v[0] for v in variants]:
+            raise SystemExit("give a variant named plain: the baseline")
+        suite = tmp / "suite"
+        suite.mkdir()
+        (suite / "test_trivial.py").write_text(
+            f"import pytest\n\n@pytest.mark.parametrize('i', range({a.tests}))\n"
+            "def test_trivial(i):\n    assert i >= 0\n")
+        (suite / "pytest.ini").write_text("[pytest]\n")
+        times: dict[str, list[float]] = {v[0]: [] for v in variants}
+        for _ in range(a.rounds):
+            for name, path, args in random.sample(variants, len(variants)):
+                env = {**os.environ, "PYTHONPATH": path}
+                t0 = time.perf_counter()
+                proc = subprocess.run([a.python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                       "-p", "no:randomly", *args, str(suite)],
+                                      capture_output=True, text=True, env=env, cwd=suite)
+                if f"{a.tests} passed" not in proc.stdout:
+                    raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+                times[name].append(time.perf_counter() - t0)
+
+    def overhead(name: str) -> list[float]:
+        return [(x - p) / a.tests * 1e3 for x, p in zip(times[name], times["plain"], strict=True)]
+
+    for name in times:
+        if name != "plain":
+            o = overhead(name)
+            print(f"{name:12s} {statistics.median(o):6.2f} ms a test over plain  "
+                  f"({' '.join(f'{x:.1f}' for x in o)})")
+    if "forked" in times:
+        f = overhead("forked")
+        for name in times:
+            if name not in ("plain", "forked"):
+                r = [x / y for x, y in zip(overhead(name), f, strict=True)]
+                print(f"{name:12s} / forked by round: median {statistics.median(r):.3f} "
+                      f"[{min(r):.2f}-{max(r):.2f}]")
+    others = [n for n in times if n not in ("plain", "forked")]
+    if len(others) == 2:
+        first, second = others
+        d = [y - x for x, y in zip(overhead(first), overhead(second), strict=True)]
+        print(f"{second} - {first}: median {statistics.median(d):+.3f} ms a test, "
+              f"{second} better in {sum(x < 0 for x in d)} of {len(d)} rounds")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
