@@ -20,17 +20,14 @@ All rows run in the pytest 8.4.2 venv scripts/setup.sh builds (as bench/per_test
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PY84 = "/opt/pytest-isolate/pytest84/bin/python"
+from per_test_overhead import PY84, REPO, make_suite, time_once
 
 
 def package_dir(where: str, tmp: Path) -> str:
@@ -46,11 +43,11 @@ def package_dir(where: str, tmp: Path) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("variants", nargs="+", metavar="NAME=WHERE[:ARGS]")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--tests", type=int, default=200)
     ap.add_argument("--python", default=PY84)
-    ap.add_argument("variants", nargs="+", metavar="NAME=WHERE[:ARGS]")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="pti-ab-") as t:
         tmp = Path(t)
@@ -62,23 +59,11 @@ def main() -> None:
             variants.append((name, package_dir(where, tmp / "pkgs"), args.split()))
         if "plain" not in [v[0] for v in variants]:
             raise SystemExit("give a variant named plain: the baseline")
-        suite = tmp / "suite"
-        suite.mkdir()
-        (suite / "test_trivial.py").write_text(
-            f"import pytest\n\n@pytest.mark.parametrize('i', range({a.tests}))\n"
-            "def test_trivial(i):\n    assert i >= 0\n")
-        (suite / "pytest.ini").write_text("[pytest]\n")
+        suite = make_suite(tmp / "suite", a.tests, big=False)
         times: dict[str, list[float]] = {v[0]: [] for v in variants}
         for _ in range(a.rounds):
             for name, path, args in random.sample(variants, len(variants)):
-                env = {**os.environ, "PYTHONPATH": path}
-                t0 = time.perf_counter()
-                proc = subprocess.run([a.python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                       "-p", "no:randomly", *args, str(suite)],
-                                      capture_output=True, text=True, env=env, cwd=suite)
-                if f"{a.tests} passed" not in proc.stdout:
-                    raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(time_once(a.python, suite, args, a.tests, path))
 
     def overhead(name: str) -> list[float]:
         return [(x - p) / a.tests * 1e3 for x, p in zip(times[name], times["plain"], strict=True)]

@@ -55,8 +55,10 @@ def make_suite(root: Path, n: int, big: bool) -> Path:
     return root
 
 
-def time_once(python: str, suite: Path, args: list[str], n: int) -> float:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def time_once(python: str, suite: Path, args: list[str], n: int,
+              pythonpath: str = str(REPO)) -> float:
+    """Wall time of one pytest run of `suite` (pythonpath: where pytest_isolate comes from)."""
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     t0 = time.perf_counter()
     proc = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "-p", "no:randomly", *args, str(suite)], capture_output=True,
