@@ -39,8 +39,10 @@ root filesystem ahead, so the caller only forks the workload, born in init's pid
 unshares its cgroup namespace and runs. The caller kills init when the workload exits.
 
 Cgroup placement (capped only): on cgroup v2 the first process is forked straight into its
-cgroup (clone3 CLONE_INTO_CGROUP, see _fork) and waits for nothing; otherwise the parent
-writes its pid to cgroup.procs while it sets up and it waits for "placed" before user code.
+cgroup (clone3 CLONE_INTO_CGROUP, see _fork) and waits for nothing; on v1 it moves itself first
+thing, before any unshare (cgroups.driver.join_self: no global lock, no grace period); where
+neither works (v2 with clone3 refused) the parent writes its pid to cgroup.procs while it sets
+up and it waits for "placed" before user code.
 
 Killing the parent's direct child tears everything down: PDEATHSIG chains outer -> init, and
 when init exits the kernel kills the whole pid namespace; all mounts live in the container's
@@ -51,7 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import resource
 import select
@@ -67,6 +68,7 @@ from typing import Any
 from . import namespaces, pid1, rootfs, warm
 from . import syscalls as sc
 from .cgroups import Driver, NoCgroup, spares
+from .cgroups.driver import join_self
 from .channel import FrameReader, write_frame
 from .errors import SetupError, SpecError
 from .result import CommandResult, Result, Stats, WorkloadError
@@ -405,34 +407,23 @@ def _in_child(result_w: int, body: Callable[[], None]) -> None:
 
 
 def _wait_placed(place_r: int | None) -> None:
-    """Block until this process is in its cgroup (only when caps are asked): b"p" from the
-    parent or the zygote, or b"x" and a frame saying why not (zygote.py)."""
+    """Block until the parent has written this process into its cgroup (only when it places
+    it: _place). On EOF the parent failed; it kills us and reports why itself."""
     if place_r is not None:
         placed = os.read(place_r, 1)
-        if placed == b"x":
-            frame = _read_to_end(place_r)
-            os.close(place_r)
-            raise SetupError.from_frame(json.loads(frame))
         os.close(place_r)
-        if placed != b"p":  # EOF: the placing process ended first (a caller's own failure
-            # kills us and is reported by the caller instead)
-            raise SetupError("join cgroup", "-", None, "the process placing this container in "
-                             "its cgroup (the zygote) ended before it was done",
-                             "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold")
-
-
-def _read_to_end(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 16):
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if placed != b"p":
+            raise SetupError("join cgroup", "-", None, "the caller did not place this "
+                             "container in its cgroup")
 
 
 def _outer_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: set[int],
-                 place_r: int | None, netns_fd: int | None) -> None:
+                 place_r: int | None, netns_fd: int | None, joins: list[str]) -> None:
     """User namespace: become root of a user namespace that owns the other namespaces."""
     _die_with_parent(alive_r)
-    _wait_placed(place_r)  # before any unshare: the whole container inherits the cgroup
+    # Before any unshare: the whole container inherits the cgroup.
+    join_self(joins)
+    _wait_placed(place_r)
     namespaces.join_network_namespace(netns_fd)  # before the user namespace: root may, it not
     namespaces.enter_user_namespace(os.geteuid(), os.getegid())
     namespaces.unshare_namespaces(namespaces.namespace_flags(spec) | sc.CLONE_NEWPID)
@@ -450,8 +441,9 @@ def _outer_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: 
 
 def _init_stage(spec: Spec, plan, workload, result_w: int, alive_r: int, keep: set[int],
                 unshared: bool, userns: bool, place_r: int | None,
-                netns_fd: int | None = None) -> None:
+                netns_fd: int | None = None, joins: list[str] = ()) -> None:
     _die_with_parent(alive_r)
+    join_self(joins)  # before the cgroup namespace, which is rooted where we are
     flags = namespaces.namespace_flags(spec)
     namespaces.join_network_namespace(netns_fd)
     if not unshared:
@@ -534,11 +526,12 @@ def _workload_stage(spec: Spec, workload, result_w: int, keep: set[int], go_r: i
 
 
 def _warm_stage(spec: Spec, init: warm.WarmInit, workload, result_w: int, keep: set[int],
-                place_r: int | None, capped: bool) -> None:
+                place_r: int | None, capped: bool, joins: list[str]) -> None:
     """The workload of a warm container: join it, then run. Never returns."""
     try:
         _after_fork_in_child()
         _close_foreign(keep)
+        join_self(joins)  # while the host's /sys/fs/cgroup is still in view
         try:
             sc.setns(init.pidfd, init.join_flags)  # root and cwd become the container's
         except OSError as e:
@@ -547,7 +540,7 @@ def _warm_stage(spec: Spec, init: warm.WarmInit, workload, result_w: int, keep: 
                              ) from None
         os.close(init.pidfd)
         if capped:
-            _wait_placed(place_r)  # the parent's cgroup.procs writes overlapped the setns
+            _wait_placed(place_r)  # a cgroup.procs write of the parent's overlapped the setns
             # A cgroup namespace rooted at our own cgroup: /proc/self/cgroup shows "/". The
             # joined one (init's) is rooted at the caller's, where an uncapped workload stays.
             namespaces.unshare_namespaces(sc.CLONE_NEWCGROUP)
@@ -814,17 +807,19 @@ def _sleep_after_launch(launch: _Launch, spec: Spec) -> None:
 
 def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
                     link) -> _Launch:
-    capped = not isinstance(cgroup, NoCgroup)
+    joins = cgroup.self_join_files()  # v1: the container's first process joins itself
+    # Else, capped: placed at birth (v2, clone3), or by our write (_place) it waits for.
+    by_write = not isinstance(cgroup, NoCgroup) and not joins
     netns_fd = link.fd if link else None
     with _lock:
         if netns_fd is not None:
             _open_fds.add(netns_fd)  # other containers' children close it (see _close_foreign)
         result_r, result_w = _pipe()
         alive_r, alive_w = _pipe()
-        place_r, place_w = _pipe() if capped else (None, None)
+        place_r, place_w = _pipe() if by_write else (None, None)
         parent_ends, child_ends = _stdio_pipes(child_stdio)
         keep = {result_w, alive_r, *child_ends.values()}
-        first_keep = keep | ({place_r} if capped else set()) | (
+        first_keep = keep | ({place_r} if by_write else set()) | (
             {netns_fd} if netns_fd is not None else set())
         workload = workload_factory(child_ends)
         started = time.monotonic()
@@ -834,7 +829,7 @@ def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
                 _close_foreign(first_keep)
                 place_r = _placed_at_birth(born, place_r)
                 _in_child(result_w, lambda: _outer_stage(spec, plan, workload, result_w, alive_r,
-                                                         keep, place_r, netns_fd))
+                                                         keep, place_r, netns_fd, joins))
         else:
             with namespaces.pid_namespace_for_next_fork():
                 pid, born = _fork(cgroup)
@@ -844,12 +839,12 @@ def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
                     _in_child(result_w, lambda: _init_stage(spec, plan, workload, result_w,
                                                             alive_r, keep, unshared=False,
                                                             userns=False, place_r=place_r,
-                                                            netns_fd=netns_fd))
+                                                            netns_fd=netns_fd, joins=joins))
         for fd in (result_w, alive_r, place_r,
                    *(fd for t, fd in child_ends.items() if t in parent_ends)):
             _close(fd)
     launch = _Launch(pid, result_r, alive_w, parent_ends, cgroup, started, link)
-    if capped and not born:
+    if by_write and not born:
         _place(launch, place_w)
     else:
         _close(place_w)
@@ -870,17 +865,11 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
         warm.ask_next(spec.network, *spares.chores(*caps))  # type: ignore[arg-type]
         raise
     capped = not isinstance(cgroup, NoCgroup)
+    joins = cgroup.self_join_files()  # v1: the workload joins its cgroup itself
     # The next container builds while this one runs; with it the zygote makes the next one's
-    # cgroup and removes ended ones (after the claim: it plans for the next). Where the child
-    # cannot be born in its cgroup (v1), the ask waits until after the fork: the zygote
-    # places the child first (zygote.py says why).
-    chores = spares.chores(*caps)  # type: ignore[arg-type]
-    ask = None
-    if capped and cgroup.birth_dir() is None:
-        ask = warm.PreparedAsk(spec.network, *chores, cgroup.procs_files())
-    else:
-        warm.ask_next(spec.network, *chores)
-    zygote_places = False
+    # cgroup and removes ended ones (after the claim: it plans for the next).
+    warm.ask_next(spec.network, *spares.chores(*caps))  # type: ignore[arg-type]
+    by_write = capped and not joins  # unless born there (v2), we place it (_place)
     settles = not capped and not child_stdio and _big_caller()
     pid: int | None = None
     pidfd: int | None = None
@@ -892,7 +881,7 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
         with init.pid_namespace_for_next_fork():
             with _lock:
                 result_r, result_w = _pipe()
-                place_r, place_w = _pipe() if capped else (None, None)
+                place_r, place_w = _pipe() if by_write else (None, None)
                 parent_ends, child_ends = _stdio_pipes(child_stdio)
                 keep = {result_w, *child_ends.values()}
                 workload = workload_factory(child_ends)
@@ -902,14 +891,8 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
                     place_r = _placed_at_birth(born, place_r)
                     _warm_stage(spec, init, workload, result_w,
                                 keep | ({place_r} if place_r is not None else set()), place_r,
-                                capped)
-            if ask is not None:
-                pidfd = _pidfd_or_none(pid)
-                zygote_places = ask.send(pidfd, place_w)  # type: ignore[arg-type]
-                if zygote_places:
-                    _close(place_w)
-                    place_w = None
-            if sleep and not child_stdio and (born or not capped or zygote_places):
+                                capped, joins)
+            if sleep and not child_stdio and (born or not by_write):
                 # At once, before any bookkeeping: the child waits for this CPU.
                 opened, pidfd = pidfd, None  # handed over: closed by the sleep if it fails
                 pidfd = _sleep_until_done(pid, result_r, _deadline(spec, started), opened)
@@ -918,8 +901,6 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
                    *(fd for t, fd in child_ends.items() if t in parent_ends)):
             _close(fd)
     except BaseException:  # Ctrl-C during the sleep, as a rule
-        if ask is not None:
-            ask.abandon()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -933,7 +914,7 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
         raise
     launch = _Launch(pid, result_r, None, parent_ends, cgroup, started, None, init, settles)
     launch.exited_fd = pidfd
-    if capped and not born and not zygote_places:
+    if by_write and not born:
         try:
             _place(launch, place_w)
         except BaseException:

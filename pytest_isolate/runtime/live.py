@@ -5,7 +5,8 @@ function, so it needs nothing from the image). Every exec is a new process that 
 running container's cgroup, then its user (rootless), mount, uts, ipc, net, cgroup and pid
 namespaces, and forks once more so that the program runs as a member of the pid namespace:
 
-  caller ----fork----> helper: [wait "placed"] setns(user?, mnt, uts, ipc, net, cgroup, pid)
+  caller ----fork----> helper: [join the cgroup (v1) | wait "placed" (v2)]
+                               setns(user?, mnt, uts, ipc, net, cgroup, pid)
                          |----fork----> program: PDEATHSIG, chdir, dup2 stdio, execve
                          | forwards TERM/INT/..., exits with the program's status (128+N on N)
   exec errors (no such program) come back through a close-on-exec pipe, as in subprocess.
@@ -30,6 +31,7 @@ from typing import Any
 from . import pid1
 from . import syscalls as sc
 from .cgroups import NoCgroup
+from .cgroups.driver import join_self
 from .container import ContainerProcess, _default_workdir, resolve_image, start
 from .errors import SetupError, SpecError
 from .result import CommandResult, Stats
@@ -210,13 +212,15 @@ class Container:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         place_r, place_w = os.pipe2(os.O_CLOEXEC)
         cgroup = self._proc._launch.cgroup
-        placed = isinstance(cgroup, NoCgroup)  # nothing to join without caps
+        joins = cgroup.self_join_files()  # v1: the helper joins the cgroup itself
+        placed = isinstance(cgroup, NoCgroup) or bool(joins)  # else we place it
         keep = {err_w, place_r, *stdio.values(), *self._ns.values(), *(keep_fds or ())}
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the helper
             code = 125
             try:
                 _close_all_but(keep)  # a held pipe end of another container means no EOF
+                join_self(joins)  # before the setns: the host's cgroup tree is in view here
                 if not placed:
                     os.read(place_r, 1)
                 for fd in self._ns.values():  # user first: it grants the rights for the rest

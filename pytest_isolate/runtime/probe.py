@@ -141,7 +141,7 @@ def probe_cgroups() -> list[Feature]:
                            "(systemd-run --user --scope -p Delegate=yes ...)"))
     # How a capped container joins its cgroup: informational, either way works.
     if mode != "v2":
-        how = f"by a cgroup.procs write (cgroup {mode})"
+        how = f"the container moves itself: tasks (cgroup {mode})"
     elif sc.can_fork_into_cgroup():
         how = "at birth (clone3 CLONE_INTO_CGROUP)"
     else:

@@ -106,9 +106,9 @@ class _Pool:
         self.on_chores: Callable[[dict | None], None] | None = None  # for the pending ask
         self.ready: tuple[str, int, WarmInit | SetupError] | None = None  # answered early
 
-    def _ask(self, network: str) -> None:
+    def _ask(self, network: str, chores: dict | None = None) -> None:
         self.asked_at = rootfs.mount_generation()
-        self.sock.send(_request(network, None))
+        self.sock.send(_request(network, chores))
         self.pending = network
         self.on_chores = None
 
@@ -157,24 +157,17 @@ class _Pool:
             on_chores: Callable[[dict | None], None] | None = None) -> None:
         """Ask for the next container, unless one is asked for already; the zygote does
         `chores` after building it, and their outcome reaches `on_chores` (None: not done)."""
-        self.send(network, rootfs.mount_generation(), _request(network, chores),
-                  on_chores if chores is not None else None, [])
-
-    def send(self, network: str, asked_at: int, data: bytes,
-             on_chores: Callable[[dict | None], None] | None, fds: list[int]) -> bool:
-        """Send a request made already, unless a container is asked for already; True when
-        the zygote got it."""
+        on_chores = on_chores if chores is not None else None
         with self.lock:
             if self.pending is None and self.ready is None:
                 try:
-                    socket.send_fds(self.sock, [data], fds)
-                    self.pending, self.asked_at, self.on_chores = network, asked_at, on_chores
-                    return True
+                    self._ask(network, chores)
+                    self.on_chores = on_chores
+                    return
                 except OSError:
                     pass  # the zygote is gone: the next take says so, with the fix
         if on_chores is not None:
             on_chores(None)
-        return False
 
     def take(self, network: str) -> WarmInit:
         """The container asked for ahead if it fits, else one built now."""
@@ -295,45 +288,11 @@ def ask_next(network: str, chores: dict | None = None,
     _get_pool().ask(network, chores, on_chores)
 
 
-def _request(network: str, chores: dict | None, procs: list[str] | None = None) -> bytes:
+def _request(network: str, chores: dict | None) -> bytes:
     request: dict = {"network": network}
     if chores is not None:
         request["chores"] = chores
-    if procs is not None:
-        request["place"] = procs
     return json.dumps(request).encode()
-
-
-class PreparedAsk:
-    """An `ask_next` that first has the zygote move a workload into its cgroup (zygote.py says
-    why), made before the workload's fork and sent after it: between the two, every page this
-    process writes is copied, so all the work is done before."""
-
-    def __init__(self, network: str, chores: dict | None,
-                 on_chores: Callable[[dict | None], None] | None, procs: list[str]) -> None:
-        self.data = _request(network, chores, procs)
-        self.network = network
-        self.on_chores = on_chores if chores is not None else None
-        self.asked_at = rootfs.mount_generation()
-        self.pool = _get_pool()
-        self.sent = False
-
-    def send(self, pidfd: int | None, placed_w: int) -> bool:
-        """Send with the workload's pidfd and the write end of its "placed" pipe; False when
-        the zygote did not get them (placing is then the caller's)."""
-        self.sent = True
-        if pidfd is None:  # the zygote cannot place it: the ask goes, the placing is ours
-            self.pool.send(self.network, self.asked_at, self.data, self.on_chores, [])
-            return False
-        return self.pool.send(self.network, self.asked_at, self.data, self.on_chores,
-                              [pidfd, placed_w])
-
-    def abandon(self) -> None:
-        """Not to be sent (the fork failed, say): its chores' outcome is that none were done."""
-        if not self.sent:
-            self.sent = True
-            if self.on_chores is not None:
-                self.on_chores(None)
 
 
 def settle() -> None:

@@ -7,19 +7,12 @@ namespaces and root filesystem overlaps whatever the caller does meanwhile.
 
 Protocol, over a SOCK_SEQPACKET socket (one JSON message each way per container):
   caller: {"network": "none" | "host", "chores": {"mkdir": [dir], "write": [[file, value]],
-           "rmdir": [dir]} (optional), "place": [cgroup.procs file] (optional, with a pidfd
-           of the caller's new workload and the write end of its "placed" pipe)}
+           "rmdir": [dir]} (optional)}
   zygote: {"hostname": <its name>} with a pidfd of the container's init (SCM_RIGHTS), or
           {"error": <setup_error frame>}, with "chores": {"busy": [dirs not removed],
           "error": text or null} when asked
 The chores are the caller's cgroup bookkeeping (cgroups/spares.py): the caller plans them, the
 zygote carries them out after the build, while the caller sleeps through its current test.
-"place" comes first, before the build: on cgroup v1 (no clone3 into a cgroup) a capped
-workload must be moved into its cgroup before it runs user code. Done by the caller right
-after its fork, every page the caller's Python touched meanwhile was copied (the fork's pages
-are shared until the workload exits), and the workload waited for the caller's CPU: 1.3 ms,
-against about 0.1 here. The workload waits on its pipe for b"p", or b"x" and a setup_error
-frame that says why it was not placed.
 A warm init has fresh mount, uts, ipc, cgroup and (unless network="host") net namespaces, the
 host tree overlay, /proc, /sys, /dev, pivot_root done, lo up, and is pid 1 of a new pid
 namespace. It runs no user code. The caller's workload joins it (see warm.py).
@@ -229,76 +222,18 @@ def _chores(chores: dict) -> dict:
     return {"busy": busy, "error": None}
 
 
-def _own_level() -> int:
-    """How deep this process's pid namespace is below the one /proc shows: the index of our
-    own pids in an NSpid line read there."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("NSpid:"):
-                return len(line.split()) - 2
-    return 0
-
-
-def _pid_here(pidfd: int, level: int) -> int:
-    """The pid, in this process's pid namespace, of the process a pidfd refers to."""
-    with open(f"/proc/self/fdinfo/{pidfd}") as f:
-        for line in f:
-            if line.startswith("NSpid:"):
-                return int(line.split()[1 + level])
-    raise ProcessLookupError(errno.ESRCH, "the workload has exited")
-
-
-def _place(procs: list[str], fds: list[int], level: int) -> None:
-    """Move the workload (fds[0], a pidfd) into its cgroup, then tell it on its pipe (fds[1])."""
-    path = "-"
-    try:
-        if len(fds) != 2:
-            raise OSError(errno.EBADF, "the request came without its pidfd and pipe")
-        pid = str(_pid_here(fds[0], level)).encode()
-        for path in procs:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, pid)
-            finally:
-                os.close(fd)
-        answer = b"p"
-    except (OSError, ValueError, IndexError) as e:
-        err = SetupError("join cgroup", path, getattr(e, "errno", None),
-                         getattr(e, "strerror", None) or str(e))
-        answer = b"x" + json.dumps(err.to_frame()).encode()
-    finally:
-        for fd in fds[:1]:
-            os.close(fd)
-    if len(fds) == 2:
-        with contextlib.suppress(OSError):
-            os.write(fds[1], answer)
-        os.close(fds[1])
-
-
 def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # inits are reaped by the kernel
-    level = _own_level()
-    eager = False  # waiting as SCHED_OTHER (see below); builds always run as SCHED_IDLE
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 2)
+            data = sock.recv(1 << 16)
         except InterruptedError:
             continue
         except ConnectionResetError:  # the caller closed with our last reply unread
             return
         if not data:
-            for fd in fds:
-                os.close(fd)
             return
         request = json.loads(data)
-        if "place" in request:
-            _place(request["place"], fds, level)
-        else:
-            for fd in fds:
-                os.close(fd)
-        if eager:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            eager = False
         pidfd = -1
         try:
             pidfd = _build(request["network"])
@@ -307,12 +242,6 @@ def serve(sock: socket.socket) -> None:
             reply = {"error": e.to_frame()}
         if "chores" in request:
             reply["chores"] = _chores(request["chores"])
-        if "place" in request:
-            # The next request likely places a waiting workload first (the caps of a suite's
-            # tests seldom change): woken as SCHED_OTHER it gets a CPU at once, not leftover
-            # time. Measured (caps, 200 tests, A/B): -0.15 and -0.28 ms a test (16 of 20).
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-            eager = True
         try:
             socket.send_fds(sock, [json.dumps(reply).encode()], [pidfd] if pidfd >= 0 else [])
         except (BrokenPipeError, ConnectionResetError):

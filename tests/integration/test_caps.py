@@ -106,18 +106,21 @@ def test_figures_are_there_for_a_capped_run_and_absent_without_caps():
 @pytest.mark.usefixtures("caps")
 @pytest.mark.parametrize("warm", ["warm", "cold"])
 def test_a_failed_placement_kills_the_container_and_leaves_no_cgroup(monkeypatch, warm):
-    # Warm, the zygote places the workload (v1) and the workload reports why it could not;
-    # cold, this process does, and raises.
+    # On v1 the container's first process joins itself (warm: the workload, cold: init) and
+    # reports why it could not; on v2, with birth in place refused here, this process writes
+    # its pid, and raises.
     from pytest_isolate.runtime.cgroups.v1 import V1Cgroup
     from pytest_isolate.runtime.cgroups.v2 import V2Cgroup
 
-    nowhere = "/sys/fs/cgroup/pti-refused-by-the-test/cgroup.procs"
+    nowhere = "/sys/fs/cgroup/pti-refused-by-the-test"
     for driver in (V1Cgroup, V2Cgroup):
-        monkeypatch.setattr(driver, "procs_files", lambda self: [nowhere])
+        monkeypatch.setattr(driver, "procs_files", lambda self: [f"{nowhere}/cgroup.procs"])
         monkeypatch.setattr(driver, "birth_dir", lambda self: None)  # placed by a write
+    monkeypatch.setattr(V1Cgroup, "self_join_files", lambda self: [f"{nowhere}/tasks"])
     if warm == "cold":
         monkeypatch.setenv("PYTEST_ISOLATE_NO_WARM", "1")
-    with pytest.raises(SetupError, match=f"join cgroup: {nowhere}: .*No such file") as info:
+    with pytest.raises(SetupError, match=f"join cgroup: {nowhere}/[a-z.]+: .*No such file"
+                       ) as info:
         run(Spec(resources=Resources(pids=64)), int, 7)
     assert info.value.errno == errno.ENOENT
     # the caps fixture checks that no cgroup of this process remains

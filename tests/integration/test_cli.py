@@ -68,7 +68,7 @@ def test_check_lists_every_probe_with_a_verdict():
     from pytest_isolate.runtime.cgroups import _detect
 
     placement = next(line for line in out.splitlines() if "cgroup placement" in line)
-    expected = "at birth (clone3" if _detect()[0] == "v2" else "by a cgroup.procs write"
+    expected = "at birth (clone3" if _detect()[0] == "v2" else "the container moves itself"
     assert expected in placement, placement
 
 

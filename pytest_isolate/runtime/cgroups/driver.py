@@ -43,6 +43,10 @@ class Driver(Protocol):
     def procs_files(self) -> list[str]:
         """The cgroup.procs files a process is written to, to join (add_process)."""
         ...
+    def self_join_files(self) -> list[str]:
+        """Files a single-threaded process joins this cgroup through by itself (join_self);
+        [] where another process must place it (birth_dir or add_process)."""
+        ...
 
 
 def read(path: str) -> str | None:
@@ -69,6 +73,18 @@ def write(path: str, value: str, step: str) -> None:
             os.close(fd)
     except OSError as e:
         raise SetupError(step, path, e.errno, f"writing {value!r}: {e.strerror}") from None
+
+
+def join_self(files: list[str]) -> None:
+    """Move the calling thread (the whole process when it has one thread: a fresh fork) into
+    a cgroup by writing "0" to each v1 `tasks` file.
+
+    Why not a `cgroup.procs` write: that takes the global threadgroup rwsem for writing, which
+    after about 20 ms without one waits for an RCU grace period (9-10 ms here, every test of
+    a suite). The kernel skips that lock when a thread moves itself ("0" to `tasks`):
+    measured 0.17 ms after 50 ms idle, against 9.4 ms (bench/cgroup_placement.py)."""
+    for path in files:
+        write(path, "0", "join cgroup")
 
 
 def kill_members(directory: str) -> None:
@@ -140,4 +156,7 @@ class NoCgroup:
         return []
 
     def procs_files(self) -> list[str]:
+        return []
+
+    def self_join_files(self) -> list[str]:
         return []

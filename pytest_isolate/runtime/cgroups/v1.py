@@ -69,6 +69,10 @@ class V1Cgroup:
     def procs_files(self) -> list[str]:
         return [os.path.join(d, "cgroup.procs") for d in self.dirs.values()]
 
+    def self_join_files(self) -> list[str]:
+        # v1 keeps a cgroup per thread: a fresh fork's only thread moving itself moves it all
+        return [os.path.join(d, "tasks") for d in self.dirs.values()]
+
     def add_process(self, pid: int) -> None:
         for path in self.procs_files():
             write(path, str(pid), "join cgroup")
@@ -93,4 +97,4 @@ class V1Cgroup:
         return all([try_remove_dir(d) for d in self.dirs.values()])
 
     def birth_dir(self) -> str | None:
-        return None  # clone3 places only on cgroup v2; v1 joins by cgroup.procs writes
+        return None  # clone3 places only on cgroup v2; on v1 a process joins itself

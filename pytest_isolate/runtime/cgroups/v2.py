@@ -77,6 +77,10 @@ class V2Cgroup:
     def procs_files(self) -> list[str]:
         return [os.path.join(self.dir, "cgroup.procs")]
 
+    def self_join_files(self) -> list[str]:
+        # v2 moves whole processes only, under the global lock: born there (clone3) instead
+        return []
+
     def add_process(self, pid: int) -> None:
         for path in self.procs_files():
             write(path, str(pid), "join cgroup")
