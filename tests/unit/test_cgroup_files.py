@@ -105,6 +105,26 @@ def test_v1_driver_creates_writes_and_removes_its_directories(tmp_path):
     assert not any(p.name.startswith("pti-") for p in tmp_path.rglob("*"))
 
 
+def test_v1_driver_makes_joins_and_removes_a_co_mounted_cpu_cpuacct_directory_once(tmp_path):
+    # systemd's v1 layout mounts cpu and cpuacct together: one directory serves both.
+    both = str(tmp_path / "cpu,cpuacct")
+    os.mkdir(both)
+    parents = {**_fake_tree(tmp_path, ["memory", "pids"]), "cpu": both, "cpuacct": both}
+    cg = V1Cgroup("pti-1-5", parents, 0.5, 64 << 20, 32)
+    cg.apply()  # a second mkdir of the shared directory would fail with EEXIST
+    shared = os.path.join(both, "pti-1-5")
+    assert cg.directories().count(shared) == 1 and len(cg.directories()) == 3
+    assert cg.self_join_files().count(os.path.join(shared, "tasks")) == 1
+    assert (tmp_path / "cpu,cpuacct/pti-1-5/cpu.cfs_quota_us").read_text() == "50000"
+    (tmp_path / "cpu,cpuacct/pti-1-5/cpuacct.usage").write_text("1500000000\n")
+    assert cg.stats().cpu_seconds == 1.5
+    for d in cg.directories():
+        for f in os.listdir(d):
+            os.unlink(os.path.join(d, f))
+    cg.destroy()
+    assert not any(p.name.startswith("pti-") for p in tmp_path.rglob("*"))
+
+
 def test_v1_driver_refuses_a_name_that_already_exists(tmp_path):
     parents = _fake_tree(tmp_path, ["cpu", "memory"])
     cg = V1Cgroup("pti-1-1", parents, 0.5, None, None)

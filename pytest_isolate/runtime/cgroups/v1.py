@@ -26,12 +26,15 @@ class V1Cgroup:
         # every hierarchy we can write, so the figures are complete whichever cap is asked
         self.dirs = {ctl: os.path.join(parents[ctl], name) for ctl in CONTROLLERS
                      if ctl in parents}
+        # Co-mounted controllers (systemd's "cpu,cpuacct") share one directory: made, joined
+        # and removed once.
+        self.unique = list(dict.fromkeys(self.dirs.values()))
         self.cpu, self.memory, self.pids = cpu, memory, pids
 
     def apply(self) -> None:
         made = []
         try:
-            for d in self.dirs.values():
+            for d in self.unique:
                 try:
                     os.mkdir(d)
                 except OSError as e:
@@ -61,17 +64,17 @@ class V1Cgroup:
             if known is None:
                 return None
             has_memsw = known
-        return list(self.dirs.values()), self._limit_writes(has_memsw)
+        return list(self.unique), self._limit_writes(has_memsw)
 
     def directories(self) -> list[str]:
-        return list(self.dirs.values())
+        return list(self.unique)
 
     def procs_files(self) -> list[str]:
-        return [os.path.join(d, "cgroup.procs") for d in self.dirs.values()]
+        return [os.path.join(d, "cgroup.procs") for d in self.unique]
 
     def self_join_files(self) -> list[str]:
         # v1 keeps a cgroup per thread: a fresh fork's only thread moving itself moves it all
-        return [os.path.join(d, "tasks") for d in self.dirs.values()]
+        return [os.path.join(d, "tasks") for d in self.unique]
 
     def add_process(self, pid: int) -> None:
         for path in self.procs_files():
@@ -86,15 +89,15 @@ class V1Cgroup:
                         f("memory", "memory.oom_control"), f("pids", "pids.events"))
 
     def kill(self) -> None:
-        for d in self.dirs.values():
+        for d in self.unique:
             kill_members(d)
 
     def destroy(self) -> None:
-        for d in self.dirs.values():
+        for d in self.unique:
             remove_dir(d)
 
     def try_destroy(self) -> bool:
-        return all([try_remove_dir(d) for d in self.dirs.values()])
+        return all([try_remove_dir(d) for d in self.unique])
 
     def birth_dir(self) -> str | None:
         return None  # clone3 places only on cgroup v2; on v1 a process joins itself
