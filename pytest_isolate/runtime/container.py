@@ -868,7 +868,7 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
     joins = cgroup.self_join_files()  # v1: the workload joins its cgroup itself
     # The next container builds while this one runs; with it the zygote makes the next one's
     # cgroup and removes ended ones (after the claim: it plans for the next).
-    warm.ask_next(spec.network, *spares.chores(*caps))  # type: ignore[arg-type]
+    warm.ask_next(spec.network, *spares.chores(*caps, like=cgroup))  # type: ignore[arg-type]
     by_write = capped and not joins  # unless born there (v2), we place it (_place)
     settles = not capped and not child_stdio and _big_caller()
     pid: int | None = None

@@ -125,6 +125,16 @@ def test_v1_driver_makes_joins_and_removes_a_co_mounted_cpu_cpuacct_directory_on
     assert not any(p.name.startswith("pti-") for p in tmp_path.rglob("*"))
 
 
+def test_a_sibling_has_the_same_parents_and_caps_and_a_new_name(tmp_path):
+    v1 = V1Cgroup("pti-1-6", _fake_tree(tmp_path, ["cpu", "pids"]), 0.5, None, 8)
+    twin = v1.sibling()
+    assert twin.parents == v1.parents and (twin.cpu, twin.pids) == (0.5, 8)
+    assert twin.directories() != v1.directories()
+    v2 = V2Cgroup("pti-1-7", str(tmp_path), None, 1 << 20, None).sibling()
+    assert v2.parent == str(tmp_path) and v2.memory == 1 << 20
+    assert v2.dir != str(tmp_path / "pti-1-7") and os.path.dirname(v2.dir) == str(tmp_path)
+
+
 def test_v1_driver_refuses_a_name_that_already_exists(tmp_path):
     parents = _fake_tree(tmp_path, ["cpu", "memory"])
     cg = V1Cgroup("pti-1-1", parents, 0.5, None, None)

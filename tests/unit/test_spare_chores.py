@@ -50,6 +50,14 @@ def test_a_spare_the_zygote_made_is_claimed_and_the_next_is_asked_for(fresh):
     assert spares.claim(*CAPS) is fresh[0]
 
 
+def test_the_next_spare_is_the_sibling_of_the_cgroup_just_claimed(fresh):
+    # Planned from the claimed cgroup (same parents and caps, a new name), not found again.
+    claimed = FakeDriver("pti-1-7")
+    claimed.sibling = lambda: FakeDriver("pti-1-8")
+    work, _ = spares.chores(*CAPS, like=claimed)
+    assert work["mkdir"] == ["/cg/pti-1-8"] and fresh == []
+
+
 def test_a_failed_chore_leaves_the_claim_to_make_its_own(fresh):
     _, done = spares.chores(*CAPS)
     done({"busy": [], "error": "/cg/pti-1-0/pids.max: No such file or directory"})

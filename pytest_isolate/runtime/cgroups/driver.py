@@ -47,6 +47,10 @@ class Driver(Protocol):
         """Files a single-threaded process joins this cgroup through by itself (join_self);
         [] where another process must place it (birth_dir or add_process)."""
         ...
+    def sibling(self) -> Driver:
+        """A new, not yet applied cgroup beside this one with the same caps (the checks
+        open_cgroup made for this one hold for it)."""
+        ...
 
 
 def read(path: str) -> str | None:
@@ -160,3 +164,6 @@ class NoCgroup:
 
     def self_join_files(self) -> list[str]:
         return []
+
+    def sibling(self) -> Driver:
+        return self

@@ -110,18 +110,22 @@ class _Chores:
             _unanswered.append(spare)
 
 
-def chores(cpu: float | None, memory: int | None, pids: int | None
+def chores(cpu: float | None, memory: int | None, pids: int | None,
+           like: Driver | None = None
            ) -> tuple[dict | None, Callable[[dict | None], None] | None]:
     """(work, callback) for the zygote to do while the next test runs: make the spare for
-    these caps (unless one is ready) and remove ended containers' cgroups; (None, None) when
-    there is nothing to do. The callback must get the answer, or None when none will come."""
+    these caps (unless one is ready; `like`: a cgroup just claimed for them, whose sibling
+    it is, without open_cgroup's checks again) and remove ended containers' cgroups; (None,
+    None) when there is nothing to do. The callback must get the answer, or None when none
+    will come."""
     _mine()
     key = (cpu, memory, pids)
     spare = None
     plan = None
     if key not in _spares and any(v is not None for v in key):
         with contextlib.suppress(Exception):  # a failure shows at claim, with its message
-            spare = open_cgroup(cpu, memory, pids)
+            spare = (like.sibling() if like is not None and not isinstance(like, NoCgroup)
+                     else open_cgroup(cpu, memory, pids))
             plan = spare.plan_ahead()
         if plan is None:
             spare = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ..errors import SetupError
-from .driver import kill_members, read, remove_dir, try_remove_dir, write
+from .driver import kill_members, new_name, read, remove_dir, try_remove_dir, write
 from .files import CgroupStats, v1_limit_writes, v1_stats
 
 CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
@@ -24,12 +24,16 @@ class V1Cgroup:
     def __init__(self, name: str, parents: dict[str, str], cpu: float | None,
                  memory: int | None, pids: int | None):
         # every hierarchy we can write, so the figures are complete whichever cap is asked
+        self.parents = parents
         self.dirs = {ctl: os.path.join(parents[ctl], name) for ctl in CONTROLLERS
                      if ctl in parents}
         # Co-mounted controllers (systemd's "cpu,cpuacct") share one directory: made, joined
         # and removed once.
         self.unique = list(dict.fromkeys(self.dirs.values()))
         self.cpu, self.memory, self.pids = cpu, memory, pids
+
+    def sibling(self) -> V1Cgroup:
+        return V1Cgroup(new_name(), self.parents, self.cpu, self.memory, self.pids)
 
     def apply(self) -> None:
         made = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from ..errors import SetupError, UnsupportedError
-from .driver import kill_members, read, remove_dir, try_remove_dir, write
+from .driver import kill_members, new_name, read, remove_dir, try_remove_dir, write
 from .files import CgroupStats, v2_limit_writes, v2_stats
 
 NEEDED = ("cpu", "memory", "pids")
@@ -27,6 +27,9 @@ class V2Cgroup:
         self.parent = parent
         self.dir = os.path.join(parent, name)
         self.cpu, self.memory, self.pids = cpu, memory, pids
+
+    def sibling(self) -> V2Cgroup:
+        return V2Cgroup(new_name(), self.parent, self.cpu, self.memory, self.pids)
 
     def _enable_controllers(self) -> None:
         enabled = set((read(os.path.join(self.parent, "cgroup.subtree_control")) or "").split())
