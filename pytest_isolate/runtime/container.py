@@ -702,6 +702,19 @@ def _stdio_pipes(child_stdio: dict[int, int | None]) -> tuple[dict[int, int], di
 
 
 _clone3_usable = True  # until the kernel or libc says otherwise (see _fork)
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _hold_interrupts() -> set:
+    """Block Ctrl-C (and SIGTERM) until `_release_interrupts`: raised between a fork and the
+    store of its pid, a KeyboardInterrupt would lose the child, left running unreaped. Held
+    while the pid is stored; delivered right after (the caller's cleanup then knows the pid)."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+
+
+def _release_interrupts(mask: set) -> None:
+    if not _INTERRUPTS & mask:  # else they were blocked before: keep them so
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTERRUPTS)
 
 
 def _fork(cgroup: Driver) -> tuple[int, bool]:
@@ -823,27 +836,41 @@ def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
             {netns_fd} if netns_fd is not None else set())
         workload = workload_factory(child_ends)
         started = time.monotonic()
-        if userns:
-            pid, born = _fork(cgroup)
-            if pid == 0:
-                _close_foreign(first_keep)
-                place_r = _placed_at_birth(born, place_r)
-                _in_child(result_w, lambda: _outer_stage(spec, plan, workload, result_w, alive_r,
-                                                         keep, place_r, netns_fd, joins))
-        else:
-            with namespaces.pid_namespace_for_next_fork():
+        mask = _hold_interrupts()  # until the launch is recorded (_hold_interrupts says why)
+        try:
+            if userns:
                 pid, born = _fork(cgroup)
                 if pid == 0:
+                    _release_interrupts(mask)
                     _close_foreign(first_keep)
                     place_r = _placed_at_birth(born, place_r)
-                    _in_child(result_w, lambda: _init_stage(spec, plan, workload, result_w,
-                                                            alive_r, keep, unshared=False,
-                                                            userns=False, place_r=place_r,
-                                                            netns_fd=netns_fd, joins=joins))
+                    _in_child(result_w, lambda: _outer_stage(spec, plan, workload, result_w,
+                                                             alive_r, keep, place_r, netns_fd,
+                                                             joins))
+            else:
+                with namespaces.pid_namespace_for_next_fork():
+                    pid, born = _fork(cgroup)
+                    if pid == 0:
+                        _release_interrupts(mask)
+                        _close_foreign(first_keep)
+                        place_r = _placed_at_birth(born, place_r)
+                        _in_child(result_w, lambda: _init_stage(spec, plan, workload, result_w,
+                                                                alive_r, keep, unshared=False,
+                                                                userns=False, place_r=place_r,
+                                                                netns_fd=netns_fd, joins=joins))
+        except BaseException:
+            _release_interrupts(mask)
+            raise
         for fd in (result_w, alive_r, place_r,
                    *(fd for t, fd in child_ends.items() if t in parent_ends)):
             _close(fd)
     launch = _Launch(pid, result_r, alive_w, parent_ends, cgroup, started, link)
+    try:
+        _release_interrupts(mask)  # a Ctrl-C held meanwhile is raised here
+    except BaseException:
+        _close(place_w)
+        _abandon(launch)
+        raise
     if by_write and not born:
         _place(launch, place_w)
     else:
@@ -886,7 +913,11 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
                 keep = {result_w, *child_ends.values()}
                 workload = workload_factory(child_ends)
                 started = time.monotonic()
-                pid, born = _fork(cgroup)
+                mask = _hold_interrupts()
+                try:
+                    pid, born = _fork(cgroup)
+                finally:
+                    _release_interrupts(mask)  # in both: pid is stored (or the fork failed)
                 if pid == 0:
                     place_r = _placed_at_birth(born, place_r)
                     _warm_stage(spec, init, workload, result_w,
