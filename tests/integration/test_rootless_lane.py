@@ -47,12 +47,15 @@ def test_integration_and_acceptance_pass_as_nobody():
         shutil.copy(REPO / "pyproject.toml", work / "pyproject.toml")
         for p in work.rglob("*"):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        # No dist-info in the copy, so no entry point: PYTEST_PLUGINS loads the plugin, in
-        # pytester's inner sessions too.
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": str(work),
-               "PYTEST_PLUGINS": "pytest_isolate.plugin",
                "PYTEST_ISOLATE_STRICT": os.environ.get("PYTEST_ISOLATE_STRICT", "0"),
                "LANG": "C.UTF-8"}
+        # The copy has no dist-info, so no entry point: PYTEST_PLUGINS loads the plugin, in
+        # pytester's inner sessions too. Unless the interpreter has the project installed
+        # (a developer's `pip install -e`): its entry point then imports the copy (PYTHONPATH
+        # comes first) and a second registration by PYTEST_PLUGINS would be refused.
+        if not _has_isolate_entry_point(ROOTLESS_PYTHON, work, env):
+            env["PYTEST_PLUGINS"] = "pytest_isolate.plugin"
         proc = subprocess.run(
             ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
              ROOTLESS_PYTHON, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
@@ -67,3 +70,11 @@ def test_integration_and_acceptance_pass_as_nobody():
     skips = re.findall(r"SKIPPED \[\d+\] [^:]+:\d+: (.*)", out)
     unexpected = [s for s in skips if s not in ALLOWED_SKIPS]
     assert not unexpected, out
+
+
+def _has_isolate_entry_point(python: str, cwd: Path, env: dict[str, str]) -> bool:
+    probe = ("import importlib.metadata as m; "
+             "print(any(e.name == 'isolate' for e in m.entry_points(group='pytest11')))")
+    out = subprocess.run([python, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True,
+                         check=True)
+    return out.stdout.strip() == "True"
