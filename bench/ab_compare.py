@@ -7,8 +7,9 @@ temporary directory) or a directory holding a `pytest_isolate` package; ARGS are
 options, split on spaces. A variant named "plain" is the baseline every other is measured
 against. Each round runs every variant once, in a shuffled order, so that the machine's drift
 cancels out; the script prints each variant's per-test overhead over plain (median, and each
-round), and for two variants besides plain (and "forked", if given) the paired difference:
-its median and in how many rounds the second was better. Example (the change at HEAD against
+round) and its CPU a test (the machine's busy time, as bench/per_test_overhead.py counts it),
+and for two variants besides plain (and "forked", if given) the paired differences of both:
+their medians and in how many rounds the second was better. Example (the change at HEAD against
 its parent, with caps):
 
     python bench/ab_compare.py --rounds 10 plain=HEAD forked=HEAD:--forked \\
@@ -27,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from per_test_overhead import PY84, REPO, make_suite, time_once
+from per_test_overhead import PY84, REPO, make_suite, run_once
 
 
 def package_dir(where: str, tmp: Path) -> str:
@@ -61,18 +62,22 @@ def main() -> None:
             raise SystemExit("give a variant named plain: the baseline")
         suite = make_suite(tmp / "suite", a.tests, big=False)
         times: dict[str, list[float]] = {v[0]: [] for v in variants}
+        cpus: dict[str, list[float]] = {v[0]: [] for v in variants}
         for _ in range(a.rounds):
             for name, path, args in random.sample(variants, len(variants)):
-                times[name].append(time_once(a.python, suite, args, a.tests, path))
+                wall, cpu = run_once(a.python, suite, args, a.tests, path)
+                times[name].append(wall)
+                cpus[name].append(cpu)
 
-    def overhead(name: str) -> list[float]:
-        return [(x - p) / a.tests * 1e3 for x, p in zip(times[name], times["plain"], strict=True)]
+    def overhead(name: str, of: dict[str, list[float]] = times) -> list[float]:
+        return [(x - p) / a.tests * 1e3 for x, p in zip(of[name], of["plain"], strict=True)]
 
     for name in times:
         if name != "plain":
             o = overhead(name)
             print(f"{name:12s} {statistics.median(o):6.2f} ms a test over plain  "
-                  f"({' '.join(f'{x:.1f}' for x in o)})")
+                  f"({' '.join(f'{x:.1f}' for x in o)}); "
+                  f"CPU {statistics.median(overhead(name, cpus)):.2f} ms a test")
     if "forked" in times:
         f = overhead("forked")
         for name in times:
@@ -86,6 +91,9 @@ def main() -> None:
         d = [y - x for x, y in zip(overhead(first), overhead(second), strict=True)]
         print(f"{second} - {first}: median {statistics.median(d):+.3f} ms a test, "
               f"{second} better in {sum(x < 0 for x in d)} of {len(d)} rounds")
+        c = [y - x for x, y in zip(overhead(first, cpus), overhead(second, cpus), strict=True)]
+        print(f"{second} - {first}, CPU: median {statistics.median(c):+.3f} ms a test, "
+              f"{second} less in {sum(x < 0 for x in c)} of {len(c)} rounds")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,12 @@
 Runs a suite of N trivial tests in a subprocess under several options, round-robin for
 --rounds rounds, and prints the median wall time of each row, the per-test overhead over the
 plain row ((row - plain) / N) and the ratio ours / pytest-forked, also taken within each round
-(median [lowest, highest]), which the machine's drift over the run does not move. The
+(median [lowest, highest]), which the machine's drift over the run does not move. Beside
+the wall time, each row's CPU a test: the whole machine's busy time during the run (user,
+system, interrupts; not the time the hypervisor stole) minus the plain row's, over N. It
+counts what the wall time can hide on an idle second CPU (the zygote's builds, the kernel's
+cleanup workers) and what a loaded machine (xdist, a busy CI runner) pays for in wall time;
+it also varies far less between rounds than the wall time does on a VM with steal. The
 "500 MB" rows hold 500 MB of touched memory in the pytest process (fork and exit cost grows
 with the parent's memory).
 All rows run in the pytest 8.4.2 venv scripts/setup.sh builds: pytest-forked 1.7.5 is broken on
@@ -55,18 +60,33 @@ def make_suite(root: Path, n: int, big: bool) -> Path:
     return root
 
 
-def time_once(python: str, suite: Path, args: list[str], n: int,
-              pythonpath: str = str(REPO)) -> float:
-    """Wall time of one pytest run of `suite` (pythonpath: where pytest_isolate comes from)."""
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_seconds() -> float:
+    """CPU time the whole machine has been busy: user, nice, system, irq and softirq (not
+    idle, iowait or the hypervisor's steal), from the first line of /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, _, _, irq, softirq = (int(x) for x in f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / _TICK
+
+
+def run_once(python: str, suite: Path, args: list[str], n: int,
+             pythonpath: str = str(REPO)) -> tuple[float, float]:
+    """(wall seconds, busy CPU seconds of the machine) of one pytest run of `suite`
+    (pythonpath: where pytest_isolate comes from)."""
     env = {**os.environ, "PYTHONPATH": pythonpath}
-    t0 = time.perf_counter()
+    busy, t0 = _busy_seconds(), time.perf_counter()
     proc = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "-p", "no:randomly", *args, str(suite)], capture_output=True,
                           text=True, env=env, cwd=suite)
     elapsed = time.perf_counter() - t0
+    # The kernel's deferred cleanup of the last containers (namespaces, RCU) ends soon after.
+    time.sleep(0.05)
+    cpu = _busy_seconds() - busy
     if proc.returncode != 0 or f"{n} passed" not in proc.stdout:
         raise SystemExit(f"row {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
-    return elapsed
+    return elapsed, cpu
 
 
 def main() -> None:
@@ -83,19 +103,27 @@ def main() -> None:
         if not a.no_big:
             plan += [(name, large, args) for name, args in BIG.items()]
         times: dict[str, list[float]] = {name: [] for name, _, _ in plan}
+        cpus: dict[str, list[float]] = {name: [] for name, _, _ in plan}
         for _ in range(a.rounds):
             for name, suite, args in plan:
-                times[name].append(time_once(a.python, suite, args, a.tests))
+                wall, cpu = run_once(a.python, suite, args, a.tests)
+                times[name].append(wall)
+                cpus[name].append(cpu)
     med = {name: statistics.median(v) for name, v in times.items()}
+    cpu_med = {name: statistics.median(v) for name, v in cpus.items()}
     version = subprocess.run([a.python, "-c", "import pytest; print(pytest.__version__)"],
                              capture_output=True, text=True).stdout.strip()
     print(f"{a.tests} trivial tests, {a.rounds} rounds, medians; pytest {version}")
-    print(f"{'row':<26}{'wall s':>9}{'per test ms':>13}")
+    print(f"{'row':<26}{'wall s':>9}{'per test ms':>13}{'CPU a test ms':>15}")
 
     def show(name: str, base: str) -> float:
         per = (med[name] - med[base]) / a.tests * 1000
-        print(f"{name:<26}{med[name]:>9.2f}{per:>13.2f}")
+        cpu = (cpu_med[name] - cpu_med[base]) / a.tests * 1000
+        print(f"{name:<26}{med[name]:>9.2f}{per:>13.2f}{cpu:>15.2f}")
         return per
+
+    def cpu_ratio(name: str, forked: str, base: str) -> str:
+        return f"{(cpu_med[name] - cpu_med[base]) / (cpu_med[forked] - cpu_med[base]):.2f}"
 
     def paired(name: str, forked: str, base: str) -> str:
         """The ratio within each round (rows of one round ran seconds apart, so the
@@ -111,6 +139,8 @@ def main() -> None:
     print(f"ratio ours/forked: {ours / forked:.2f} (caps: {caps / forked:.2f})")
     print(f"  paired by round: {paired('--isolate=all', '--forked', 'plain')} "
           f"(caps: {paired('--isolate=all + caps', '--forked', 'plain')})")
+    print(f"  CPU a test, ours/forked: {cpu_ratio('--isolate=all', '--forked', 'plain')} "
+          f"(caps: {cpu_ratio('--isolate=all + caps', '--forked', 'plain')})")
     if not a.no_big:
         show("plain, 500 MB", "plain, 500 MB")
         f_big = show("--forked, 500 MB", "plain, 500 MB")
@@ -118,6 +148,8 @@ def main() -> None:
         print(f"ratio ours/forked with 500 MB: {o_big / f_big:.2f}")
         print("  paired by round: "
               + paired("--isolate=all, 500 MB", "--forked, 500 MB", "plain, 500 MB"))
+        print("  CPU a test, ours/forked: "
+              + cpu_ratio("--isolate=all, 500 MB", "--forked, 500 MB", "plain, 500 MB"))
 
 
 if __name__ == "__main__":
