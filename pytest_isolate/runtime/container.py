@@ -838,26 +838,26 @@ def _fork_container(spec, plan, userns, workload_factory, child_stdio, cgroup,
         started = time.monotonic()
         mask = _hold_interrupts()  # until the launch is recorded (_hold_interrupts says why)
         try:
-            if userns:
+            # As root the child is born pid 1 of a new pid namespace; rootless, its outer stage
+            # makes the user namespace first, and the pid namespace inside it.
+            with (contextlib.nullcontext() if userns
+                  else namespaces.pid_namespace_for_next_fork()):
                 pid, born = _fork(cgroup)
                 if pid == 0:
                     _release_interrupts(mask)
                     _close_foreign(first_keep)
                     place_r = _placed_at_birth(born, place_r)
-                    _in_child(result_w, lambda: _outer_stage(spec, plan, workload, result_w,
-                                                             alive_r, keep, place_r, netns_fd,
-                                                             joins))
-            else:
-                with namespaces.pid_namespace_for_next_fork():
-                    pid, born = _fork(cgroup)
-                    if pid == 0:
-                        _release_interrupts(mask)
-                        _close_foreign(first_keep)
-                        place_r = _placed_at_birth(born, place_r)
-                        _in_child(result_w, lambda: _init_stage(spec, plan, workload, result_w,
-                                                                alive_r, keep, unshared=False,
-                                                                userns=False, place_r=place_r,
-                                                                netns_fd=netns_fd, joins=joins))
+
+                    def stage() -> None:
+                        if userns:
+                            _outer_stage(spec, plan, workload, result_w, alive_r, keep,
+                                         place_r, netns_fd, joins)
+                        else:
+                            _init_stage(spec, plan, workload, result_w, alive_r, keep,
+                                        unshared=False, userns=False, place_r=place_r,
+                                        netns_fd=netns_fd, joins=joins)
+
+                    _in_child(result_w, stage)
         except BaseException:
             _release_interrupts(mask)
             raise
