@@ -21,6 +21,7 @@ from tests.conftest import require
 ROOTLESS_PYTHON = os.environ.get("PYTEST_ISOLATE_ROOTLESS_PYTHON",
                                  "/opt/pytest-isolate/rootless-venv/bin/python")
 NOBODY = 65534
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 REPO = Path(__file__).resolve().parents[2]
 # What rootless cannot do, and so may skip in that run (anything else must pass).
 ALLOWED_SKIPS = ("rootless: mounting a tmpfs on the host needs root",
@@ -54,11 +55,10 @@ def test_integration_and_acceptance_pass_as_nobody():
         # pytester's inner sessions too. Unless the interpreter has the project installed
         # (a developer's `pip install -e`): its entry point then imports the copy (PYTHONPATH
         # comes first) and a second registration by PYTEST_PLUGINS would be refused.
-        if not _has_isolate_entry_point(ROOTLESS_PYTHON, work, env):
+        if not _has_isolate_entry_point(work, env):
             env["PYTEST_PLUGINS"] = "pytest_isolate.plugin"
         proc = subprocess.run(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-             ROOTLESS_PYTHON, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+            [*AS_NOBODY, ROOTLESS_PYTHON, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
              "tests/integration", "tests/acceptance", "--deselect",
              "tests/integration/test_rootless_lane.py::test_integration_and_acceptance_pass_as_nobody"],
             cwd=work, env=env, capture_output=True, text=True, timeout=600)
@@ -72,9 +72,10 @@ def test_integration_and_acceptance_pass_as_nobody():
     assert not unexpected, out
 
 
-def _has_isolate_entry_point(python: str, cwd: Path, env: dict[str, str]) -> bool:
+def _has_isolate_entry_point(cwd: Path, env: dict[str, str]) -> bool:
+    """Whether pytest, run as the lane runs it, would load an installed plugin by itself."""
     probe = ("import importlib.metadata as m; "
              "print(any(e.name == 'isolate' for e in m.entry_points(group='pytest11')))")
-    out = subprocess.run([python, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([*AS_NOBODY, ROOTLESS_PYTHON, "-c", probe], cwd=cwd, env=env,
+                         capture_output=True, text=True, check=True)
     return out.stdout.strip() == "True"
