@@ -120,6 +120,7 @@ def _prepare_warm(options: settings.Options) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    runner.drop_ahead()
     if "pytest_isolate.runtime.warm" in sys.modules:
         from .runtime import warm
         from .runtime.cgroups import spares

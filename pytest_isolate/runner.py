@@ -17,6 +17,10 @@ created once and inherited by each container through fork.
   read frames; a phase without a report gets one that says what killed it (OOM, pids,
   timeout with the test's Python stack, signal)
   log setup/call; tear down collectors the next item does not need; log the merged teardown
+
+When the test passed and nothing in the pytest process stands between it and the next test,
+the next test's container is started right after the frames are read, and this test is logged
+while it starts ("going ahead", below).
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ import pytest
 from . import coverage_bridge, report_frames, reporting
 from . import pytest_private as pp
 from .runtime import container as rt
+from .runtime import warm
 from .runtime.errors import IsolationError, SetupError, UnsupportedError
 from .runtime.result import Result
-from .settings import ItemSettings, Options, SettingError
+from .settings import ItemSettings, Options, SettingError, item_settings
 
 PHASES = ("setup", "call", "teardown")
 STACK_MARGIN = 0.15  # seconds before the timeout at which the test dumps its Python stack
@@ -74,15 +79,19 @@ class _Scratch:
         return b"".join(chunks)
 
 
-_scratch: _Scratch | None = None
+_scratches: list[_Scratch] = []
 
 
-def _get_scratch() -> _Scratch:
-    global _scratch
-    if _scratch is None:
-        _scratch = _Scratch()
-    _scratch.reset()
-    return _scratch
+def _get_scratch(busy: _Scratch | None = None) -> _Scratch:
+    """A reset scratch; not `busy`, which a container started ahead still writes into."""
+    for scratch in _scratches:
+        if scratch is not busy:
+            break
+    else:
+        scratch = _Scratch()
+        _scratches.append(scratch)
+    scratch.reset()
+    return scratch
 
 
 # -- child side ------------------------------------------------------------------------------
@@ -145,7 +154,8 @@ def _unsupported(err: IsolationError, options: Options) -> None:
 
 
 def _start(item: pytest.Item, settings: ItemSettings | SettingError, options: Options,
-           scratch: _Scratch, blocker: UnsupportedError | None) -> rt.ContainerProcess:
+           scratch: _Scratch, blocker: UnsupportedError | None,
+           sleep: bool = True) -> rt.ContainerProcess:
     """The parent's part of setup; any exception here becomes the setup report."""
     if isinstance(settings, SettingError):
         pytest.fail(str(settings), pytrace=False)
@@ -163,8 +173,9 @@ def _start(item: pytest.Item, settings: ItemSettings | SettingError, options: Op
     item.stash[ACTIVE_KEY] = settings
     try:
         # Returns when the test is done: the pytest process sleeps while its copy runs.
-        return rt.start_until_done(spec, _child, item, scratch, time.monotonic(),
-                                   spec.resources.timeout)
+        # Not so for a test started ahead (_go_ahead): the caller logs the one before.
+        start = rt.start_until_done if sleep else rt.start
+        return start(spec, _child, item, scratch, time.monotonic(), spec.resources.timeout)
     except UnsupportedError as e:
         _unsupported(e, options)
         raise  # not reached
@@ -298,11 +309,11 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
     """pytest_runtest_protocol for an isolated item."""
     ihook, config = item.ihook, item.config
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    pp.reset_request(item)
-    pp.store_xfail(item)
-    scratch = _get_scratch()
-    call = pp.CallInfo.from_call(lambda: _start(item, settings, options, scratch, blocker),
-                                 when="setup", reraise=pp.get_reraise_exceptions(config))
+    ahead = _claim_ahead(item)
+    if ahead is not None:
+        scratch, call = ahead.scratch, ahead.call
+    else:
+        scratch, call = _begin(item, settings, options, blocker, sleep=True)
     reports: dict[str, pytest.TestReport] = {}
     exit_frame = None
     result: Result | None = None
@@ -311,12 +322,22 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
     else:
         proc: rt.ContainerProcess = call.result
         spec = proc.spec
+        proc.keep_init = True  # ended below, once the next test's copy is forked
         try:
-            result = proc.wait()
-        except SetupError as e:
-            reports["setup"] = _synthesize(item, "setup", f"the container could not be built: "
-                                           f"{e}", [])
-        frames = _frames(scratch)
+            try:
+                result = proc.wait()
+            except SetupError as e:
+                reports["setup"] = _synthesize(item, "setup", "the container could not be "
+                                               f"built: {e}", [])
+            frames = _frames(scratch)
+            if result is not None and _passed_whole(frames):
+                following = _ahead_settings(item, nextitem, options)
+                if following is not None:
+                    _go_ahead(nextitem, following, options, blocker, scratch)  # type: ignore[arg-type]
+        finally:
+            # The ended container's teardown (namespaces, mounts) runs beside this test's
+            # reporting rather than on the CPU the next test's copy was about to start on.
+            proc.release()
         for frame in frames:
             if frame["t"] == "report":
                 rep = config.hook.pytest_report_from_serializable(config=config,
@@ -349,9 +370,126 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
     ihook.pytest_runtest_logreport(report=reports["teardown"])
     pp.drop_request(item)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    warm.release_asks()
     if exit_frame:
         pytest.exit(exit_frame["msg"], exit_frame["returncode"])
     return list(reports.values())
+
+
+def _begin(item: pytest.Item, settings: ItemSettings | SettingError, options: Options,
+           blocker: UnsupportedError | None, sleep: bool,
+           busy: _Scratch | None = None) -> tuple[_Scratch, Any]:
+    """The parent's part of setup and the container's start: (scratch, CallInfo of it)."""
+    pp.reset_request(item)
+    pp.store_xfail(item)
+    scratch = _get_scratch(busy)
+    call = pp.CallInfo.from_call(
+        lambda: _start(item, settings, options, scratch, blocker, sleep), when="setup",
+        reraise=pp.get_reraise_exceptions(item.config))
+    return scratch, call
+
+
+# -- going ahead -------------------------------------------------------------------------------
+# When a test's container is done and nothing in the pytest process stands between it and the
+# next test (nothing to tear down, same module, same warning filters, no failure that could
+# stop the session), the next test's container is started before this test's reports are
+# logged: logging one test overlaps the start of the next, on the other CPU. Tests still run
+# one at a time, in order: the next starts after this one's container is done.
+
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+class _Ahead:
+    def __init__(self, item: pytest.Item, scratch: _Scratch, call: Any,
+                 raised: BaseException | None = None) -> None:
+        self.item, self.scratch, self.call = item, scratch, call
+        self.raised = raised  # pytest.exit in the next test's setup: raised at its turn
+
+    def drop(self) -> None:
+        call = self.call
+        proc = call.result if call is not None and call.excinfo is None else None
+        if proc is not None:
+            proc.kill()
+            with contextlib.suppress(Exception):
+                proc.wait()
+
+
+_ahead: _Ahead | None = None
+
+
+def _claim_ahead(item: pytest.Item) -> _Ahead | None:
+    global _ahead
+    ahead, _ahead = _ahead, None
+    if ahead is not None and ahead.item is not item:
+        ahead.drop()  # another protocol ran the item it was started for
+        return None
+    if ahead is not None and ahead.raised is not None:
+        raise ahead.raised
+    return ahead
+
+
+def drop_ahead() -> None:
+    """At the session's end: a container started ahead for a test that never ran is killed."""
+    global _ahead
+    ahead, _ahead = _ahead, None
+    if ahead is not None:
+        ahead.drop()
+
+
+def _filters(item: pytest.Item) -> list:
+    return [(m.args, m.kwargs) for m in item.iter_markers("filterwarnings")]
+
+
+def _passed_whole(frames: list[dict]) -> bool:
+    """Whether the container reported every phase, none failed, and asked for no exit (read
+    off the frames, before the reports are rebuilt from them)."""
+    outcomes = {}
+    for frame in frames:
+        if frame["t"] == "exit":
+            return False
+        if frame["t"] == "report":
+            data = frame["data"]
+            outcomes.setdefault(data.get("when"), data.get("outcome"))
+    return len(outcomes) == 3 and "failed" not in outcomes.values()
+
+
+def _ahead_settings(item: pytest.Item, nextitem: pytest.Item | None, options: Options
+                    ) -> ItemSettings | SettingError | None:
+    """The next test's settings if its container may start before this test is logged (which
+    passed: a failure may stop the session, with -x, --maxfail or --sw)."""
+    config = item.config
+    if (nextitem is None or not options.ahead
+            or _CPUS < 2  # with one CPU the overlap is only extra work
+            or hasattr(config, "workerinput")  # xdist may hand the next item to another worker
+            or item.session.shouldfail or item.session.shouldstop):
+        return None
+    if pp.has_report_sections(item) or pp.teardown_needed(item, nextitem):
+        return None  # the pytest process has work for this test before the next one
+    if nextitem.path != item.path or _filters(nextitem) != _filters(item):
+        return None  # the next test's hooks and warning filters differ
+    if item.ihook.pytest_assertion_pass.get_hookimpls():
+        return None  # pytest's assertion-pass hook is bound to the running item
+    try:
+        return item_settings(nextitem, options)  # None: it runs in the pytest process
+    except SettingError as e:
+        return e  # its setup fails with the message, as at its turn
+
+
+def _go_ahead(nextitem: pytest.Item, settings: ItemSettings | SettingError, options: Options,
+              blocker: UnsupportedError | None, busy: _Scratch) -> None:
+    global _ahead
+    # The zygote's next build waits until this test is logged: meanwhile the other CPU is the
+    # next test's (run_item releases it).
+    warm.hold_asks()
+    try:
+        scratch, call = _begin(nextitem, settings, options, blocker, sleep=False, busy=busy)
+    except KeyboardInterrupt:
+        warm.release_asks()
+        raise
+    except BaseException as e:  # pytest.exit: after this test's reports, as without going ahead
+        _ahead = _Ahead(nextitem, busy, None, e)
+        return
+    _ahead = _Ahead(nextitem, scratch, call)
 
 
 def _complete(item: pytest.Item, reports: dict[str, pytest.TestReport], result: Result,

@@ -21,6 +21,7 @@ from .runtime.spec import Resources, Spec, validate
 MODES = ("marked", "all", "off")
 KEEP = ("never", "failed", "always")
 UNSUPPORTED = ("fail", "skip")
+AHEAD = ("true", "false")
 
 # marker argument -> help text (also the `isolated` marker's documentation)
 MARKER_ARGS: dict[str, str] = {
@@ -66,6 +67,8 @@ class Options:
     keep: str = "never"
     unsupported: str = "fail"
     defaults: dict[str, Setting] = field(default_factory=dict)
+    # Start the next test's container while this one is reported (runner.py, "going ahead").
+    ahead: bool = True
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,9 @@ def add_options(parser: pytest.Parser) -> None:
                       default=None)
     parser.addini("isolate_unsupported", "when this host cannot isolate a test: fail "
                   "(default) or skip it, with the reason and the fix", default=None)
+    parser.addini("isolate_ahead", "start an isolated test's container while the test before "
+                  "it is still being reported, on another CPU: true (default) or false",
+                  default=None)
     parser.addini("isolate_subnet_pool", "IPv4 range that links' subnets are leased from "
                   f"(shared by xdist workers; default {DEFAULT_POOL})", default=None)
 
@@ -173,7 +179,8 @@ def read_options(config: pytest.Config) -> Options:
                    keep=_choice(config, "isolate_keep", None, KEEP, "never"),
                    unsupported=_choice(config, None, "isolate_unsupported", UNSUPPORTED,
                                        "fail"),
-                   defaults=defaults)
+                   defaults=defaults,
+                   ahead=_choice(config, None, "isolate_ahead", AHEAD, "true") == "true")
 
 
 def _marker_source(node: pytest.Item | pytest.Collector, item: pytest.Item) -> str:

@@ -178,6 +178,10 @@ class ContainerProcess:
         self._settled: dict | None = None
         self.started = launch.started
         self.stats = Stats()
+        # A warm container's init outlives wait() until release(): its teardown (the
+        # namespaces, the mounts) then runs when the caller chooses (the plugin: once the next
+        # test's copy is forked, so that the teardown does not hold up its start).
+        self.keep_init = False
         # The forked child's pidfd when the launch slept (start_until_done), for _pump.
         self._pidfd, launch.exited_fd = launch.exited_fd, None
         link = launch.link
@@ -196,6 +200,11 @@ class ContainerProcess:
         if not self._done:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._launch.pid, sig)
+
+    def release(self) -> None:
+        """End a warm container that `keep_init` kept after wait() (idempotent)."""
+        if self._launch.warm_init is not None:
+            self._launch.warm_init.kill()
 
     def kill(self) -> None:
         """SIGKILL the container: init dies, and with it every process of its namespace."""
@@ -244,16 +253,24 @@ class ContainerProcess:
             _close(stdin_fd)
             launch.stdio.pop(0)
             stdin_fd = None
+        # At the workload's exit init is killed only if a pipe is still open (something the
+        # workload started holds it); else it lives on until _finish or release().
+        exited = killed = False
         while readers:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             if deadline is not None and timeout == 0.0:
                 return True, out
+            if exited and not killed:
+                timeout = 0.0  # the exit closed the workload's ends: EOF is due at once
             wlist = [stdin_fd] if stdin_fd is not None else []
             try:
                 r, w, _ = select.select(list(readers), wlist, [], timeout)
             except InterruptedError:
                 continue
             if not r and not w:
+                if exited and not killed:
+                    launch.warm_init.kill()
+                    killed = True
                 continue
             if w:
                 try:
@@ -268,7 +285,7 @@ class ContainerProcess:
             for fd in r:
                 if fd == exited_fd:
                     del readers[fd]
-                    launch.warm_init.kill()
+                    exited = True
                     continue
                 data = os.read(fd, 1 << 16)
                 target = readers[fd]
@@ -300,7 +317,7 @@ class ContainerProcess:
             status = _LAST_WORDS[self._settled["t"]] << 8  # what _run_workload exits with
         else:
             _, status = os.waitpid(launch.pid, 0)
-        if launch.warm_init is not None:
+        if launch.warm_init is not None and not self.keep_init:
             launch.warm_init.kill()
         for fd in (launch.result_r, launch.alive_w, *launch.stdio.values()):
             _close(fd)

@@ -285,7 +285,30 @@ def ask_next(network: str, chores: dict | None = None,
              on_chores: Callable[[dict | None], None] | None = None) -> None:
     """Have the zygote build the next container while this one is used, and do `chores`
     (see zygote.py), whose outcome reaches `on_chores` at a later take or `settle`."""
+    if _held is not None and _held_pid == os.getpid():
+        _held.append((network, chores, on_chores))
+        return
     _get_pool().ask(network, chores, on_chores)
+
+
+_held: list[tuple] | None = None  # asks held back by hold_asks
+_held_pid = 0
+
+
+def hold_asks() -> None:
+    """Keep the next asks until release_asks: the caller wants the other CPU for a moment
+    (a test started while the one before is still being reported, in the plugin's runner)."""
+    global _held, _held_pid
+    if _held is None:
+        _held, _held_pid = [], os.getpid()
+
+
+def release_asks() -> None:
+    global _held
+    held, _held = _held, None
+    if held is not None and _held_pid == os.getpid():
+        for args in held:
+            ask_next(*args)
 
 
 def _request(network: str, chores: dict | None) -> bytes:
@@ -305,7 +328,8 @@ def settle() -> None:
 
 def shutdown() -> None:
     """Stop the zygote (and with it every container it built) and reap it."""
-    global _pool
+    global _pool, _held
+    _held = None
     with _own_lock():
         pool, _pool = _pool, None
     if pool is not None:
