@@ -323,14 +323,16 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
         proc: rt.ContainerProcess = call.result
         spec = proc.spec
         proc.keep_init = True  # ended below, once the next test's copy is forked
+        ended = False
         try:
             try:
-                result = proc.wait()
+                proc.end()  # its cgroup figures are read after the next test's fork
+                ended = True
             except SetupError as e:
                 reports["setup"] = _synthesize(item, "setup", "the container could not be "
                                                f"built: {e}", [])
             frames = _frames(scratch)
-            if result is not None and _passed_whole(frames):
+            if ended and _passed_whole(frames):
                 following = _ahead_settings(item, nextitem, options)
                 if following is not None:
                     _go_ahead(nextitem, following, options, blocker, scratch)  # type: ignore[arg-type]
@@ -338,6 +340,8 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
             # The ended container's teardown (namespaces, mounts) runs beside this test's
             # reporting rather than on the CPU the next test's copy was about to start on.
             proc.release()
+        if ended:
+            result = proc.wait()  # at once: the figures
         for frame in frames:
             if frame["t"] == "report":
                 rep = config.hook.pytest_report_from_serializable(config=config,

@@ -182,6 +182,8 @@ class ContainerProcess:
         # namespaces, the mounts) then runs when the caller chooses (the plugin: once the next
         # test's copy is forked, so that the teardown does not hold up its start).
         self.keep_init = False
+        self._ended: tuple | None = None  # end()'s outcome, for wait()
+        self._figures_read = False
         # The forked child's pidfd when the launch slept (start_until_done), for _pump.
         self._pidfd, launch.exited_fd = launch.exited_fd, None
         link = launch.link
@@ -202,9 +204,11 @@ class ContainerProcess:
                 os.kill(self._launch.pid, sig)
 
     def release(self) -> None:
-        """End a warm container that `keep_init` kept after wait() (idempotent)."""
+        """End a warm container that `keep_init` kept after wait() or end(), and read the
+        figures end() left (idempotent)."""
         if self._launch.warm_init is not None:
             self._launch.warm_init.kill()
+        self._read_figures()
 
     def kill(self) -> None:
         """SIGKILL the container: init dies, and with it every process of its namespace."""
@@ -323,11 +327,6 @@ class ContainerProcess:
             _close(fd)
         launch.stdio.clear()
         self._done = True
-        try:
-            self.stats = launch.cgroup.stats()  # before removal: the OOM count lives there
-        finally:
-            spares.retire(launch.cgroup)  # removed while the next container runs
-            _release_link(launch.link)
         frames: dict[str, dict] = {}
         for frame in self._frames:
             frames.setdefault(frame["t"], frame)
@@ -355,9 +354,40 @@ class ContainerProcess:
         status, frames = self._finish()
         return timed_out, out, status, frames
 
+    def _read_figures(self) -> None:
+        """The cgroup's figures, once the container has ended; then its cgroup and link go."""
+        if self._figures_read or not self._done:
+            return
+        self._figures_read = True
+        launch = self._launch
+        try:
+            self.stats = launch.cgroup.stats()  # before removal: the OOM count lives there
+        finally:
+            spares.retire(launch.cgroup)  # removed while the next container runs
+            _release_link(launch.link)
+
+    def _outcome(self, timeout: float | None, stdin_data: bytes | None = None):
+        try:
+            if self._ended is not None:
+                return self._ended
+            return self._communicate(timeout, stdin_data)
+        finally:
+            self._read_figures()
+
+    def end(self, timeout: float | None = None) -> None:
+        """Wait until a function workload has ended, as wait() does (and raising what it
+        raises), but leave the cgroup figures unread: wait() then reads them and returns at
+        once. For a caller with something more urgent in between (the plugin's runner forks
+        the next test: the figures' file reads would delay it)."""
+        try:
+            self._ended = self._communicate(timeout)
+        except BaseException:
+            self._read_figures()
+            raise
+
     def wait(self, timeout: float | None = None) -> Result:
         """Wait for a function workload; `timeout` kills the container when it expires."""
-        timed_out, _, status, frames = self._communicate(timeout)
+        timed_out, _, status, frames = self._outcome(timeout)
         exit_status, sig = _workload_status(frames, status, self._launch.warm_init is not None)
         value, error, returned = None, None, False
         if "return" in frames:
@@ -373,7 +403,7 @@ class ContainerProcess:
     def communicate(self, input: bytes | None = None,
                     timeout: float | None = None) -> CommandResult:
         """Wait for a command workload, feeding `input` and collecting captured output."""
-        timed_out, out, status, frames = self._communicate(timeout, input)
+        timed_out, out, status, frames = self._outcome(timeout, input)
         if "exec_error" in frames:
             f = frames["exec_error"]
             raise SetupError("exec", f["argv0"], f["errno"], f["message"],
@@ -912,7 +942,8 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
     joins = cgroup.self_join_files()  # v1: the workload joins its cgroup itself
     # The next container builds while this one runs; with it the zygote makes the next one's
     # cgroup and removes ended ones (after the claim: it plans for the next).
-    warm.ask_next(spec.network, *spares.chores(*caps, like=cgroup))  # type: ignore[arg-type]
+    warm.ask_next(spec.network,
+                  plan=lambda: spares.chores(*caps, like=cgroup))  # type: ignore[arg-type]
     by_write = capped and not joins  # unless born there (v2), we place it (_place)
     settles = not capped and not child_stdio and _big_caller()
     pid: int | None = None

@@ -104,6 +104,25 @@ def test_figures_are_there_for_a_capped_run_and_absent_without_caps():
 
 
 @pytest.mark.usefixtures("caps")
+def test_end_leaves_the_figures_to_wait_and_release_retires_the_cgroup():
+    # The plugin's runner forks the next test between end() and wait(): the figures read then
+    # are the ended container's, whole; and a caller that only calls release() still gets its
+    # cgroup removed (the caps fixture checks that none is left).
+    from pytest_isolate.runtime import start
+
+    proc = start(Spec(resources=Resources(memory="128M")), _busy, 0.05)
+    proc.end()
+    assert proc.stats.cpu_seconds is None  # not read yet
+    result = proc.wait()
+    assert result.value > 0 and result.stats.cpu_seconds >= result.value * 0.5
+    assert result.stats.memory_peak > 0
+    other = start(Spec(resources=Resources(memory="128M")), lambda: None)
+    other.end()
+    other.release()
+    assert other.stats.memory_peak > 0
+
+
+@pytest.mark.usefixtures("caps")
 @pytest.mark.parametrize("warm", ["warm", "cold"])
 def test_a_failed_placement_kills_the_container_and_leaves_no_cgroup(monkeypatch, warm):
     # On v1 the container's first process joins itself (warm: the workload, cold: init) and
