@@ -86,3 +86,16 @@ def require_netem() -> None:
         require(False, missing)
     if missing:
         pytest.skip(missing)
+
+
+def net_fds() -> set[str]:
+    """The network namespaces this process holds open by fd ("net:[inode]")."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("net:["):
+            found.add(target)
+    return found

@@ -27,7 +27,7 @@ from pytest_isolate.runtime import (
     warm,
 )
 from pytest_isolate.runtime import syscalls as sc
-from tests.conftest import require, sleeps_with
+from tests.conftest import net_fds, require, sleeps_with
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 SPEC = Spec(hostname="box")
@@ -714,16 +714,7 @@ def test_masked_host_paths_show_nothing_and_take_no_writes(monkeypatch, cold):
 
 def _held_nets() -> set[str]:
     """The network namespaces this process holds open, its own aside."""
-    own = os.readlink("/proc/self/ns/net")
-    links = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("net:") and link != own:
-            links.add(link)
-    return links
+    return net_fds() - {os.readlink("/proc/self/ns/net")}
 
 
 def test_ended_containers_network_namespaces_are_let_go_together():

@@ -20,7 +20,7 @@ from pytest_isolate.runtime import Spec, SpecError, UnsupportedError, run
 from pytest_isolate.runtime.network import Network, VethPair, leases
 from pytest_isolate.runtime.network.topology import host_link_name
 from pytest_isolate.runtime.state import cleanup_stale
-from tests.conftest import require_netem
+from tests.conftest import net_fds, require_netem
 
 ROOT = os.geteuid() == 0
 
@@ -78,27 +78,15 @@ def _rtts(c: socket.socket, n: int = 10) -> list[float]:
     return out
 
 
-def _net_fds() -> set[str]:
-    found = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("net:["):
-            found.add(target)
-    return found
-
-
 @pytest.fixture
 def clean_network():
     """No lease of ours, no namespace fd and no new host link outlive the test."""
     links = set(os.listdir("/sys/class/net"))
-    netns = _net_fds()
+    netns = net_fds()
     held = leases.in_use()
     yield
     assert leases.in_use() == held, "a subnet is still handed out"
-    assert _net_fds() == netns, "a network namespace is still held"
+    assert net_fds() == netns, "a network namespace is still held"
     deadline = time.monotonic() + 5  # host links die with their peer's namespace, async
     while (set(os.listdir("/sys/class/net")) - links) and time.monotonic() < deadline:
         time.sleep(0.02)
