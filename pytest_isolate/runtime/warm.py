@@ -50,7 +50,8 @@ def eligible(spec: Spec) -> bool:
 # Ended containers' network namespaces, kept open and let go of together. A network
 # namespace's teardown (cleanup_net) runs two rcu_barrier()s whatever the number of namespaces
 # it takes at once; one a container, on a 2-CPU VM, cost 0.2-0.3 ms of CPU a test in kernel
-# workers (perf). Held, a namespace is unreachable: its processes are dead, its sockets closed.
+# workers (perf). A held namespace has no process and no socket left: a test's process that
+# inherits the fds (as it inherits the zygote socket) finds a loopback and nothing else.
 NET_BATCH = 32
 _dead_nets: list[int] = []
 _dead_nets_pid = 0
