@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import resource
 import select
 import signal
 import sys
@@ -123,26 +122,6 @@ def _die_with_parent(alive_r: int) -> None:
 _LAST_WORDS = {"return": 0, "raise": 1}
 
 
-SETTLE_EARLY_BYTES = 64 << 20
-
-
-def _big_caller() -> bool:
-    """Whether this process's private memory makes a forked copy's exit slow enough (about
-    25 ms per GB to unmap) to be worth not waiting for. Below this size waiting wins: while
-    the copy lives, each page the caller writes is copied (copy-on-write) rather than reused.
-    Measured per test (200 trivial tests, interleaved runs): 0.3 ms worse with a 36 MB
-    pytest process, 2.2 ms better at 150 MB, 6 ms better at 500 MB."""
-    # The peak resident size bounds the private size from above and needs no file read.
-    if resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 < SETTLE_EARLY_BYTES:
-        return False
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            _, resident, shared = f.read().split()[:3]
-    except OSError:
-        return False
-    return (int(resident) - int(shared)) * os.sysconf("SC_PAGE_SIZE") >= SETTLE_EARLY_BYTES
-
-
 class _Launch:
     """The parent's handle on a started container: pids and pipe ends."""
 
@@ -158,7 +137,7 @@ class _Launch:
         self.link = link  # network.HostLink for network="veth", else None
         # A warm container: `pid` is the workload itself, joined into this init's namespaces.
         self.warm_init = warm_init
-        # The caller goes on at the workload's last frame, not at its exit (_big_caller).
+        # The caller goes on at the workload's last frame, not at its exit (_launch_warm).
         self.settles = settles
         self.exited_fd: int | None = None  # a pidfd of `pid`, left by _sleep_until_done
 
@@ -184,6 +163,7 @@ class ContainerProcess:
         self.keep_init = False
         self._ended: tuple | None = None  # end()'s outcome, for wait()
         self._figures_read = False
+        self._unreaped: int | None = None  # a settled capped workload, exiting
         # The forked child's pidfd when the launch slept (start_until_done), for _pump.
         self._pidfd, launch.exited_fd = launch.exited_fd, None
         link = launch.link
@@ -315,9 +295,14 @@ class ContainerProcess:
             os.close(self._pidfd)
             self._pidfd = None
         if self._settled is not None:
-            # Exiting a forked copy of a big caller (unmapping its memory) takes milliseconds:
-            # that runs on another CPU while the caller goes on; the pid is reaped later.
-            warm.defer_reap(launch.pid)
+            # The forked copy's exit (unmapping its copy of this process's memory: 1-2 ms for
+            # a small pytest process, about 25 ms per GB) runs on another CPU while the caller
+            # goes on; it is reaped later: a capped one before its figures are read (its exit
+            # is part of its run), an uncapped one at the next warm start.
+            if isinstance(launch.cgroup, NoCgroup):
+                warm.defer_reap(launch.pid)
+            else:
+                self._unreaped = launch.pid
             status = _LAST_WORDS[self._settled["t"]] << 8  # what _run_workload exits with
         else:
             _, status = os.waitpid(launch.pid, 0)
@@ -360,6 +345,10 @@ class ContainerProcess:
             return
         self._figures_read = True
         launch = self._launch
+        if self._unreaped is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._unreaped, 0)
+            self._unreaped = None
         try:
             self.stats = launch.cgroup.stats()  # before removal: the OOM count lives there
         finally:
@@ -945,7 +934,9 @@ def _launch_warm(spec: Spec, workload_factory, child_stdio: dict[int, int | None
     warm.ask_next(spec.network,
                   plan=lambda: spares.chores(*caps, like=cgroup))  # type: ignore[arg-type]
     by_write = capped and not joins  # unless born there (v2), we place it (_place)
-    settles = not capped and not child_stdio and _big_caller()
+    # A function workload's last frame settles its outcome: the caller goes on, and the
+    # copy's exit (unmapping its copy of the caller's memory) overlaps the caller's work.
+    settles = not child_stdio
     pid: int | None = None
     pidfd: int | None = None
     slept = False

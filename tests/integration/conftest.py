@@ -15,11 +15,12 @@ def no_leftovers():
     """Asserts that a test leaves no child process, open fd or host mount behind. The zygote
     (warm containers) is a deliberate helper of the process: it is shut down on both sides,
     so that what it leaves behind is checked too."""
-    from pytest_isolate.runtime import rootfs, warm
+    from pytest_isolate.runtime import rootfs, state, warm
 
     def snapshot():
         warm.shutdown()
         rootfs.host_plan(split=False)  # its mount-table watch holds one fd for the process
+        state.ensure_owner_lock()  # so does the lock that marks its cgroups as owned
         with open("/proc/self/mountinfo") as f:
             mounts = f.read()
         return mounts, sorted(os.listdir("/proc/self/fd"))

@@ -27,7 +27,7 @@ from pytest_isolate.runtime import (
     warm,
 )
 from pytest_isolate.runtime import syscalls as sc
-from tests.conftest import net_fds, require, sleeps_with
+from tests.conftest import net_fds, require, require_caps, sleeps_with
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 SPEC = Spec(hostname="box")
@@ -173,6 +173,7 @@ def test_a_killed_zygote_takes_every_container_it_built_along():
     if not warm.eligible(SPEC):
         pytest.skip(WARM_IS_ROOTS)
     assert run(SPEC, os.getpid).value == 2
+    warm.reap_exiting(block=True)  # its init lingers while its workload is not reaped
     taken = warm.take(SPEC.network)  # built ahead by that run's launch
     inits: list[int] = []
     try:
@@ -207,27 +208,30 @@ def test_shutdown_does_not_hang_on_a_warm_container_still_running():
     assert proc.wait(timeout=10).signal == signal.SIGKILL
 
 
-@pytest.mark.parametrize("settle", [True, False], ids=["at-last-frame", "at-exit"])
-def test_a_big_caller_goes_on_at_the_last_frame_with_the_same_outcomes(settle, monkeypatch):
-    # A caller above SETTLE_EARLY_BYTES does not wait for its forked copy to exit; what it
-    # reports must not change, and the copy must still be reaped. (Warm containers only:
-    # rootless, the caller's child is the outer stage, which reports the exit.)
-    from pytest_isolate.runtime import container
-
-    monkeypatch.setattr(container, "SETTLE_EARLY_BYTES", 0 if settle else 1 << 62)
+@pytest.mark.parametrize("caps", [None, "128M"], ids=["uncapped", "capped"])
+def test_the_caller_goes_on_at_the_last_frame_with_the_same_outcomes(caps):
+    # A warm function workload's caller does not wait for its forked copy to exit: what it
+    # reports must not change, and the copy must still be reaped: an uncapped one later
+    # (reap_exiting), a capped one before its figures are read, which then cover its exit.
+    # (Warm only: rootless, the caller's child is the outer stage, which reports the exit.)
+    if caps is not None:
+        require_caps()
+    spec = SPEC if caps is None else Spec(hostname="box", resources=Resources(memory=caps))
 
     def boom():
         raise KeyError("k")
     outcomes = {}
     for name, func in [("return", lambda: os.getpid()), ("raise", boom),
                        ("exit", lambda: os._exit(3))]:
-        proc = start(SPEC, func)
+        proc = start(spec, func)
         r = proc.wait()
-        expected = settle and name != "exit" and warm.eligible(SPEC)
-        assert (proc._settled is not None) == expected, name
+        assert (proc._settled is not None) == (name != "exit" and warm.eligible(spec)), name
         outcomes[name] = (r.value, r.error and r.error.type, r.exit_status, r.signal)
         pid = proc._launch.pid
-        warm.reap_exiting(block=True)
+        if caps is None:
+            warm.reap_exiting(block=True)
+        else:
+            assert r.stats.memory_peak > 0
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reaped, not left a zombie
     assert outcomes == {"return": (2, None, 0, None), "raise": (None, "KeyError", 1, None),
