@@ -221,8 +221,8 @@ class Container:
             try:
                 _close_all_but(keep)  # a held pipe end of another container means no EOF
                 join_self(joins)  # before the setns: the host's cgroup tree is in view here
-                if not placed:
-                    os.read(place_r, 1)
+                if not placed and os.read(place_r, 1) != b"p":
+                    return  # the caller could not place it (and raises why): run nothing
                 for fd in self._ns.values():  # user first: it grants the rights for the rest
                     sc.setns(fd, 0)
                 code = _helper(argv, env, workdir, stdio, err_w, body)
@@ -235,12 +235,19 @@ class Container:
                 os._exit(code)
         os.close(err_w)
         os.close(place_r)
-        try:
-            if not placed:
+        if not placed:
+            try:
                 cgroup.add_process(pid)
-            os.write(place_w, b"p")
-        finally:
-            os.close(place_w)
+            except BaseException:
+                os.close(place_w)  # EOF: the helper exits without running anything
+                os.close(err_r)
+                os.waitpid(pid, 0)
+                raise
+            # Only an unplaced helper reads this: a placed one may have run its program and
+            # exited by now, and a write would then fail with EPIPE.
+            with contextlib.suppress(BrokenPipeError):  # it died: err_r says why
+                os.write(place_w, b"p")
+        os.close(place_w)
         with os.fdopen(err_r, "rb") as f:
             reply = f.read()
         info = json.loads(reply) if reply else {}

@@ -113,6 +113,28 @@ def test_the_memory_cap_applies_to_exec(built):
         assert c.stats().oom_kills > 0 or r.returncode != 0, r
 
 
+def test_an_exec_that_cannot_be_placed_in_the_cgroup_runs_nothing(built, tmp_path,
+                                                                  monkeypatch):
+    # Where this process places the exec's helper (cgroup v2 without clone3) and the write
+    # fails, the error reaches the caller and the program never runs outside the cgroup.
+    require_caps()
+    with Container(Spec(image=built["export"], resources=Resources(pids=64),
+                        mounts={str(tmp_path): "/out"})) as c:
+        cgroup = c._proc._launch.cgroup
+        monkeypatch.setattr(cgroup, "self_join_files", lambda: [])
+
+        def refuse(pid):
+            raise SetupError("join cgroup", "cgroup.procs", 1, "refused by the test")
+        monkeypatch.setattr(cgroup, "add_process", refuse)
+        with pytest.raises(SetupError, match="refused by the test"):
+            c.run(["touch", "/out/ran"])
+        monkeypatch.undo()
+        assert c.run(["true"]).returncode == 0  # the container is still usable
+    assert not (tmp_path / "ran").exists()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # the helper was reaped
+
+
 def test_call_runs_python_in_a_host_root_container_and_is_refused_for_images(built):
     with Container(Spec(hostname="h")) as c:
         assert c.call(lambda: (os.getpid() > 2, socket.gethostname())) == [True, "h"]
