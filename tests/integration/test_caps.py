@@ -122,6 +122,56 @@ def test_end_leaves_the_figures_to_wait_and_release_retires_the_cgroup():
     assert other.stats.memory_peak > 0
 
 
+def _in_cgroup(func, *args, memory: str = "256M", mounts=None):
+    """Run func in a container with a memory cap: (its cgroup's driver, its Result)."""
+    from pytest_isolate.runtime import start
+
+    proc = start(Spec(resources=Resources(memory=memory), mounts=mounts or {}), func, *args)
+    result = proc.wait()
+    return proc._launch.cgroup, result
+
+
+def _uncached_file(path: str, size: int) -> str:
+    """A file of `size` bytes that is not in the page cache (its pages are charged to the
+    first cgroup that reads them)."""
+    with open(path, "wb") as f:
+        f.write(b"x" * size)
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return path
+
+
+def _read_file(path: str) -> int:
+    with open(path, "rb") as f:
+        return len(f.read())
+
+
+@pytest.mark.usefixtures("caps")
+def test_an_ended_containers_cgroup_is_reused_and_the_figures_stay_each_containers_own(
+        tmp_path):
+    busy, first = _in_cgroup(lambda: (_busy(0.3), len(bytearray(64 << 20)))[0])
+    if busy.directories()[0] == getattr(busy, "dir", None):
+        pytest.skip("cgroup v2: a new cgroup for each container (see V2Cgroup.recycle)")
+    assert first.stats.cpu_seconds >= 0.2 and first.stats.memory_peak >= 64 << 20
+    later = [_in_cgroup(lambda: None) for _ in range(3)]
+    reused = [r for driver, r in later if driver.directories() == busy.directories()]
+    assert reused, "the first container's cgroup was not reused"
+    # what the first container ran and charged is not counted again
+    assert reused[0].stats.cpu_seconds < 0.1, reused[0].stats
+    assert 0 < reused[0].stats.memory_peak < 32 << 20, reused[0].stats
+    # Not reused: a cgroup still charged with more than RECYCLE_LEFTOVER (the page cache of
+    # a host file its container read), and one whose container hit its cap.
+    read, r = _in_cgroup(_read_file, _uncached_file(str(tmp_path / "f"), 4 << 20))
+    assert r.unwrap() == 4 << 20
+    oom, r = _in_cgroup(lambda: len(bytearray(400 << 20)), memory="64M")
+    assert r.oom_killed
+    after = [_in_cgroup(lambda: None)[0].directories() for _ in range(3)]
+    after += [_in_cgroup(lambda: None, memory="64M")[0].directories() for _ in range(3)]
+    assert read.directories() not in after, "a cgroup left charged was reused"
+    assert oom.directories() not in after, "a cgroup whose container hit its cap was reused"
+
+
 @pytest.mark.usefixtures("caps")
 @pytest.mark.parametrize("warm", ["warm", "cold"])
 def test_a_failed_placement_kills_the_container_and_leaves_no_cgroup(monkeypatch, warm):

@@ -8,8 +8,10 @@ import pytest
 
 from pytest_isolate.runtime.cgroups import detect_mode
 from pytest_isolate.runtime.cgroups.files import (
+    CgroupStats,
     cpu_quota_us,
     parse_flat_keyed,
+    since,
     v1_limit_writes,
     v1_stats,
     v2_limit_writes,
@@ -75,6 +77,19 @@ def test_v2_stats_read_usage_throttling_peak_and_events():
     assert (s.memory_peak, s.oom_kills, s.pids_max_hits) == (1048576, 1, 0)
 
 
+def test_figures_in_a_reused_cgroup_count_from_its_handover():
+    now = CgroupStats(cpu_seconds=3.0, throttled_periods=7, throttled_seconds=0.5,
+                      memory_peak=5 << 20, oom_kills=1, pids_max_hits=2)
+    base = CgroupStats(cpu_seconds=2.0, throttled_periods=5, throttled_seconds=0.25,
+                       memory_peak=1 << 20, oom_kills=1, pids_max_hits=0)
+    assert since(now, base) == CgroupStats(cpu_seconds=1.0, throttled_periods=2,
+                                           throttled_seconds=0.25, memory_peak=4 << 20,
+                                           oom_kills=0, pids_max_hits=2)
+    # absent figures stay absent; a peak below what was left counts as none
+    assert since(CgroupStats(memory_peak=1000), CgroupStats(memory_peak=2000)) == CgroupStats(
+        memory_peak=0)
+
+
 def test_missing_files_give_absent_figures_not_errors():
     s = v2_stats(None, None, None, None)
     assert s.cpu_seconds is None and s.oom_kills == 0
@@ -103,6 +118,33 @@ def test_v1_driver_creates_writes_and_removes_its_directories(tmp_path):
             os.unlink(os.path.join(d, f))
     cg.destroy()
     assert not any(p.name.startswith("pti-") for p in tmp_path.rglob("*"))
+
+
+def test_v1_recycle_hands_over_only_an_empty_cgroup_with_no_cap_hit(tmp_path):
+    parents = _fake_tree(tmp_path, ["cpu", "cpuacct", "memory", "pids"])
+    cg = V1Cgroup("pti-1-0", parents, None, 64 << 20, 32)
+    cg.apply()
+    files = {name: tmp_path / ctl / "pti-1-0" / name for ctl, name in [
+        ("cpuacct", "cpuacct.usage"), ("memory", "memory.max_usage_in_bytes"),
+        ("memory", "memory.oom_control"), ("pids", "pids.events"), ("pids", "pids.current")]}
+
+    def counters(cpu_ns: int, peak: int, oom: int, pids_max: int, current: int) -> None:
+        for name, value in [("cpuacct.usage", cpu_ns), ("memory.max_usage_in_bytes", peak),
+                            ("memory.oom_control", f"oom_kill {oom}"),
+                            ("pids.events", f"max {pids_max}"), ("pids.current", current)]:
+            files[name].write_text(str(value))
+    assert not cg.recycle()  # its figures were never read: nothing to count from
+    counters(2_000_000_000, 8 << 20, 0, 0, 1)
+    assert cg.stats().cpu_seconds == 2.0
+    assert not cg.recycle()  # a process is still in it
+    counters(2_000_000_000, 8 << 20, 0, 0, 0)
+    cg.stats()
+    assert cg.recycle()
+    assert files["memory.max_usage_in_bytes"].read_text() == "0"  # the peak starts again
+    counters(2_500_000_000, 3 << 20, 0, 1, 0)  # the next container's run
+    s = cg.stats()
+    assert (s.cpu_seconds, s.memory_peak, s.pids_max_hits) == (0.5, 3 << 20, 1)
+    assert not cg.recycle()  # it hit its pids cap: a new cgroup for the next
 
 
 def test_v1_driver_makes_joins_and_removes_a_co_mounted_cpu_cpuacct_directory_once(tmp_path):

@@ -12,9 +12,15 @@ CAPS = (None, None, 64)
 
 
 class FakeDriver:
-    def __init__(self, name: str):
+    cpu, memory, pids = CAPS
+
+    def __init__(self, name: str, reusable: bool = False):
         self.name = name
         self.destroyed = False
+        self.reusable = reusable
+
+    def recycle(self):
+        return self.reusable
 
     def plan_ahead(self):
         return [f"/cg/{self.name}"], [(f"/cg/{self.name}/pids.max", "64")]
@@ -111,3 +117,28 @@ def test_the_zygote_does_the_chores_and_undoes_a_half_made_cgroup(tmp_path):
                          "rmdir": []})
     assert ok == {"busy": [], "error": None}
     assert (tmp_path / "new/b/f").read_text() == "64"
+
+
+def test_an_ended_cgroup_as_good_as_new_is_the_next_spare_and_no_chore_is_sent(fresh):
+    ended = FakeDriver("pti-1-5", reusable=True)
+    spares.retire(ended)
+    assert spares.chores(*CAPS) == (None, None)  # nothing to make, nothing to remove
+    assert spares.claim(*CAPS) is ended
+
+
+def test_an_ended_cgroup_is_removed_when_it_cannot_be_reused_or_a_spare_is_there(fresh):
+    spares.retire(FakeDriver("pti-1-5", reusable=False))
+    spares.retire(FakeDriver("pti-1-6", reusable=True))
+    spares.retire(FakeDriver("pti-1-7", reusable=True))  # pti-1-6 is the spare already
+    work, _ = spares.chores(*CAPS)
+    assert work == {"mkdir": [], "write": [], "rmdir": ["/cg/pti-1-5", "/cg/pti-1-7"]}
+    assert spares.claim(*CAPS).name == "pti-1-6"
+
+
+def test_a_spare_made_while_an_ended_one_was_reused_is_removed_later(fresh):
+    _, done = spares.chores(*CAPS)  # the zygote is making pti-1-0 ...
+    spares.retire(FakeDriver("pti-1-5", reusable=True))  # ... and an ended one is ready
+    done({"busy": [], "error": None})
+    assert spares.claim(*CAPS).name == "pti-1-5"
+    assert not fresh[0].destroyed  # not removed by this process at the take: by chores
+    assert spares.chores(*CAPS)[0]["rmdir"] == ["/cg/pti-1-0"]

@@ -25,9 +25,17 @@ def new_name() -> str:
 class Driver(Protocol):
     """One container's cgroup: apply limits, add the container, read figures, remove."""
 
+    cpu: float | None
+    memory: int | None
+    pids: int | None
+
     def apply(self) -> None: ...
     def add_process(self, pid: int) -> None: ...
     def stats(self) -> CgroupStats: ...
+    def recycle(self) -> bool:
+        """After stats() of an ended container: make the cgroup ready for the next one with
+        the same caps (True), else leave it to be removed (False)."""
+        ...
     def kill(self) -> None: ...
     def destroy(self) -> None: ...
     def try_destroy(self) -> bool: ...
@@ -132,6 +140,10 @@ def remove_dir(directory: str) -> bool:
 class NoCgroup:
     """Used when no cap is asked: every operation is a no-op, and figures are absent."""
 
+    cpu: float | None = None
+    memory: int | None = None
+    pids: int | None = None
+
     def apply(self) -> None:
         pass
 
@@ -140,6 +152,9 @@ class NoCgroup:
 
     def stats(self) -> CgroupStats:
         return CgroupStats()
+
+    def recycle(self) -> bool:
+        return False
 
     def kill(self) -> None:
         pass

@@ -22,6 +22,22 @@ class CgroupStats:
     pids_max_hits: int = 0
 
 
+def since(now: CgroupStats, base: CgroupStats) -> CgroupStats:
+    """The figures of one container in a reused cgroup: the counters less what they were
+    when it was handed over (`base`, see V1Cgroup.recycle). The peak there was reset to the
+    usage earlier containers left (`base.memory_peak`), which is not this container's."""
+    def less(a, b):
+        return None if a is None else a - (b or 0)
+    peak = now.memory_peak
+    return CgroupStats(
+        cpu_seconds=less(now.cpu_seconds, base.cpu_seconds),
+        throttled_periods=less(now.throttled_periods, base.throttled_periods),
+        throttled_seconds=less(now.throttled_seconds, base.throttled_seconds),
+        memory_peak=None if peak is None else max(0, peak - (base.memory_peak or 0)),
+        oom_kills=now.oom_kills - base.oom_kills,
+        pids_max_hits=now.pids_max_hits - base.pids_max_hits)
+
+
 def cpu_quota_us(cpu: float) -> int:
     return max(1000, round(cpu * CPU_PERIOD_US))  # the kernel's floor is 1 ms
 

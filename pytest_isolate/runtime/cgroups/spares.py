@@ -11,10 +11,12 @@ Two ways to keep that off the critical path:
   at the next take what became of them.
 - cold containers (`tidy`): this process does the same work itself while the container starts.
 
-`claim` then hands out the spare for the caps asked, ready. Every cgroup keeps its
-`pti-<pid>-<n>` name (this process's pid, whoever made it), so a process killed with spares
-left is cleaned up like any other (state.cleanup_stale); `flush` also removes, at the end,
-what a zygote was asked to make and never answered for.
+`claim` then hands out the spare for the caps asked, ready. An ended container's cgroup that
+is as good as new becomes the next spare for its caps (`retire`, Driver.recycle), so that in a
+run of tests with the same caps no cgroup is made or removed at all after the first two.
+Every cgroup keeps its `pti-<pid>-<n>` name (this process's pid, whoever made it), so a
+process killed with spares left is cleaned up like any other (state.cleanup_stale); `flush`
+also removes, at the end, what a zygote was asked to make and never answered for.
 """
 
 from __future__ import annotations
@@ -60,10 +62,16 @@ def claim(cpu: float | None, memory: int | None, pids: int | None) -> Driver:
 
 
 def retire(driver: Driver) -> None:
-    """The container has ended and its figures are read: remove the cgroup at the next tidy."""
+    """The container has ended and its figures are read: the cgroup becomes the spare for its
+    caps when it can be reused (Driver.recycle) and none is there yet, else it is removed at
+    the next tidy or chores."""
     if not isinstance(driver, NoCgroup):
         _mine()
-        _retired.append(driver)
+        key = (driver.cpu, driver.memory, driver.pids)
+        if key not in _spares and driver.recycle():
+            _spares[key] = driver
+        else:
+            _retired.append(driver)
 
 
 def tidy(cpu: float | None, memory: int | None, pids: int | None) -> None:
@@ -104,7 +112,9 @@ class _Chores:
             return
         if answer is not None and answer.get("error") is None and self.key not in _spares:
             _spares[self.key] = spare
-        elif answer is not None:  # failed (the zygote removed what it made), or not needed
+        elif answer is not None and answer.get("error") is None:
+            _retired.append(spare)  # not needed (an ended one was reused): removed later
+        elif answer is not None:  # failed: the zygote removed what it made
             spare.destroy()
         else:  # unknown whether it was made, or is being made: removed at flush
             _unanswered.append(spare)
