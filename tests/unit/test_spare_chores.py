@@ -41,7 +41,7 @@ def fresh(monkeypatch):
         return made[-1]
 
     monkeypatch.setattr(spares, "open_cgroup", open_cgroup)
-    for name in ("_spares", "_retired", "_in_flight", "_unanswered"):
+    for name in ("_spares", "_retired", "_in_flight", "_unanswered", "_reused"):
         monkeypatch.setattr(spares, name, type(getattr(spares, name))())
     monkeypatch.setattr(spares, "_settle", None)
     return made
@@ -142,3 +142,14 @@ def test_a_spare_made_while_an_ended_one_was_reused_is_removed_later(fresh):
     assert spares.claim(*CAPS).name == "pti-1-5"
     assert not fresh[0].destroyed  # not removed by this process at the take: by chores
     assert spares.chores(*CAPS)[0]["rmdir"] == ["/cg/pti-1-0"]
+
+
+def test_while_ended_cgroups_are_reused_none_is_made_ahead_and_after_a_failure_one_is(fresh):
+    # Without going ahead the cgroup in use is claimed again as soon as it ended: a spare
+    # made meanwhile would only be removed again.
+    spares.retire(FakeDriver("pti-1-5", reusable=True))
+    assert spares.claim(*CAPS).name == "pti-1-5"
+    assert spares.chores(*CAPS) == (None, None)
+    spares.retire(FakeDriver("pti-1-5", reusable=False))  # it hit its cap, say
+    work, _ = spares.chores(*CAPS)
+    assert work["mkdir"] == ["/cg/pti-1-0"] and work["rmdir"] == ["/cg/pti-1-5"]

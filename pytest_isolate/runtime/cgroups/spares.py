@@ -33,6 +33,9 @@ Caps = tuple  # (cpu, memory, pids)
 
 _spares: dict[Caps, Driver] = {}
 _retired: list[Driver] = []
+# caps -> whether the last ended cgroup with them was reused: then none is made ahead for them
+# (the one in use comes back), else the zygote would make and remove one a test for nothing.
+_reused: dict[Caps, bool] = {}
 _owner = os.getpid()  # a forked child must neither use nor remove its parent's cgroups
 _in_flight: list[_Chores] = []  # sent to the zygote, not answered yet
 _unanswered: list[Driver] = []  # spares asked for whose answer never came: removed at flush
@@ -47,6 +50,7 @@ def _mine() -> None:
         _owner = os.getpid()
         _spares.clear()
         _retired.clear()
+        _reused.clear()
         _unanswered.clear()
         _in_flight.clear()
 
@@ -68,10 +72,14 @@ def retire(driver: Driver) -> None:
     if not isinstance(driver, NoCgroup):
         _mine()
         key = (driver.cpu, driver.memory, driver.pids)
-        if key not in _spares and driver.recycle():
+        if key in _spares:
+            _retired.append(driver)
+        elif driver.recycle():
             _spares[key] = driver
+            _reused[key] = True
         else:
             _retired.append(driver)
+            _reused[key] = False
 
 
 def tidy(cpu: float | None, memory: int | None, pids: int | None) -> None:
@@ -83,7 +91,7 @@ def tidy(cpu: float | None, memory: int | None, pids: int | None) -> None:
             busy.append(driver)  # a process is still exiting: next time
     _retired[:] = busy
     key = (cpu, memory, pids)
-    if key not in _spares and any(v is not None for v in key):
+    if key not in _spares and any(v is not None for v in key) and not _reused.get(key):
         with contextlib.suppress(Exception):  # a failure shows at claim, with its message
             driver = open_cgroup(cpu, memory, pids)
             driver.apply()
@@ -124,15 +132,15 @@ def chores(cpu: float | None, memory: int | None, pids: int | None,
            like: Driver | None = None
            ) -> tuple[dict | None, Callable[[dict | None], None] | None]:
     """(work, callback) for the zygote to do while the next test runs: make the spare for
-    these caps (unless one is ready; `like`: a cgroup just claimed for them, whose sibling
-    it is, without open_cgroup's checks again) and remove ended containers' cgroups; (None,
-    None) when there is nothing to do. The callback must get the answer, or None when none
-    will come."""
+    these caps (unless one is ready, or the last ended one was reused; `like`: a cgroup just
+    claimed for them, whose sibling it is, without open_cgroup's checks again) and remove
+    ended containers' cgroups; (None, None) when there is nothing to do. The callback must
+    get the answer, or None when none will come."""
     _mine()
     key = (cpu, memory, pids)
     spare = None
     plan = None
-    if key not in _spares and any(v is not None for v in key):
+    if key not in _spares and any(v is not None for v in key) and not _reused.get(key):
         with contextlib.suppress(Exception):  # a failure shows at claim, with its message
             spare = (like.sibling() if like is not None and not isinstance(like, NoCgroup)
                      else open_cgroup(cpu, memory, pids))
