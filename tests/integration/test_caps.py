@@ -150,16 +150,20 @@ def _read_file(path: str) -> int:
 @pytest.mark.usefixtures("caps")
 def test_an_ended_containers_cgroup_is_reused_and_the_figures_stay_each_containers_own(
         tmp_path):
+    from pytest_isolate.runtime.cgroups.v2 import V2Cgroup
+
     busy, first = _in_cgroup(lambda: (_busy(0.3), len(bytearray(64 << 20)))[0])
-    if busy.directories()[0] == getattr(busy, "dir", None):
-        pytest.skip("cgroup v2: a new cgroup for each container (see V2Cgroup.recycle)")
     assert first.stats.cpu_seconds >= 0.2 and first.stats.memory_peak >= 64 << 20
     later = [_in_cgroup(lambda: None) for _ in range(3)]
     reused = [r for driver, r in later if driver.directories() == busy.directories()]
+    if isinstance(busy, V2Cgroup):  # a new cgroup for each container (V2Cgroup.recycle)
+        assert reused == [], "cgroup v2 cannot reset the peak on this kernel"
+        reused = [r for _, r in later]
     assert reused, "the first container's cgroup was not reused"
-    # what the first container ran and charged is not counted again
-    assert reused[0].stats.cpu_seconds < 0.1, reused[0].stats
-    assert 0 < reused[0].stats.memory_peak < 32 << 20, reused[0].stats
+    # what the first container ran and charged is not counted again (relative bounds: a
+    # slow guest's trivial container costs more than a tenth of a second)
+    assert reused[0].stats.cpu_seconds < first.stats.cpu_seconds - 0.15, reused[0].stats
+    assert 0 < reused[0].stats.memory_peak < first.stats.memory_peak - (32 << 20)
     # Not reused: a cgroup still charged with more than RECYCLE_LEFTOVER (the page cache of
     # a host file its container read), and one whose container hit its cap.
     read, r = _in_cgroup(_read_file, _uncached_file(str(tmp_path / "f"), 4 << 20))
