@@ -153,3 +153,9 @@ def test_while_ended_cgroups_are_reused_none_is_made_ahead_and_after_a_failure_o
     spares.retire(FakeDriver("pti-1-5", reusable=False))  # it hit its cap, say
     work, _ = spares.chores(*CAPS)
     assert work["mkdir"] == ["/cg/pti-1-0"] and work["rmdir"] == ["/cg/pti-1-5"]
+
+
+def test_after_flush_a_spare_is_made_ahead_again(fresh):
+    spares.retire(FakeDriver("pti-1-5", reusable=True))
+    spares.flush()  # nothing is left to come back
+    assert spares.chores(*CAPS)[0]["mkdir"] == ["/cg/pti-1-0"]

@@ -24,16 +24,16 @@ class CgroupStats:
 
 def since(now: CgroupStats, base: CgroupStats) -> CgroupStats:
     """The figures of one container in a reused cgroup: the counters less what they were
-    when it was handed over (`base`, see V1Cgroup.recycle). The peak there was reset to the
-    usage earlier containers left (`base.memory_peak`), which is not this container's."""
+    when it was handed over (`base`, see V1Cgroup.recycle). The peak is not a counter: it was
+    reset at the handover to what earlier containers left charged (at most
+    RECYCLE_LEFTOVER), which then counted against this container's cap too, so it stays."""
     def less(a, b):
         return None if a is None else a - (b or 0)
-    peak = now.memory_peak
     return CgroupStats(
         cpu_seconds=less(now.cpu_seconds, base.cpu_seconds),
         throttled_periods=less(now.throttled_periods, base.throttled_periods),
         throttled_seconds=less(now.throttled_seconds, base.throttled_seconds),
-        memory_peak=None if peak is None else max(0, peak - (base.memory_peak or 0)),
+        memory_peak=now.memory_peak,
         oom_kills=now.oom_kills - base.oom_kills,
         pids_max_hits=now.pids_max_hits - base.pids_max_hits)
 

@@ -177,6 +177,7 @@ def flush() -> None:
         _spares.popitem()[1].destroy()
     while _unanswered:
         _unanswered.pop().destroy()
+    _reused.clear()  # none is left to come back
 
 
 atexit.register(flush)

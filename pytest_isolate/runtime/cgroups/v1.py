@@ -112,7 +112,8 @@ class V1Cgroup:
         grace periods; a removed one lingers while pages are charged to it), and on two CPUs
         that CPU is the next test's. Handed over only when it is as good as new: empty, no
         cap hit by the last container, at most RECYCLE_LEFTOVER bytes still charged; its
-        figures then count from here (stats() subtracts these counters, files.since)."""
+        counters then count from here (stats() subtracts them, files.since), its peak from
+        what is charged now."""
         raw = self._raw
         if raw is None:  # never read: nothing to count from
             return False
@@ -124,7 +125,6 @@ class V1Cgroup:
                 return False  # still exiting (pids counts them until they are reaped)
         elif read(os.path.join(self.unique[0], "tasks")) != "":
             return False
-        leftover = 0
         memory = self.dirs.get("memory")
         if memory is not None:
             try:  # the peak starts again from what is charged now
@@ -134,11 +134,7 @@ class V1Cgroup:
             text = read(os.path.join(memory, "memory.max_usage_in_bytes"))
             if text is None or not text.isdigit() or int(text) > RECYCLE_LEFTOVER:
                 return False
-            leftover = int(text)
-        self._base = CgroupStats(
-            cpu_seconds=raw.cpu_seconds, throttled_periods=raw.throttled_periods,
-            throttled_seconds=raw.throttled_seconds, memory_peak=leftover,
-            oom_kills=raw.oom_kills, pids_max_hits=raw.pids_max_hits)
+        self._base = raw
         self._raw = None
         return True
 
