@@ -88,6 +88,15 @@ def require_netem() -> None:
         pytest.skip(missing)
 
 
+def children() -> set[int]:
+    """Pids of this process's children (of any of its threads)."""
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            pids.update(int(p) for p in f.read().split())
+    return pids
+
+
 def net_fds() -> set[str]:
     """The network namespaces this process holds open by fd ("net:[inode]")."""
     found = set()

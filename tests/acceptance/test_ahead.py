@@ -16,6 +16,7 @@ import textwrap
 import pytest
 
 from pytest_isolate import runner
+from tests.conftest import children
 
 from .test_marker import run
 
@@ -95,13 +96,6 @@ def test_isolate_ahead_false_logs_each_test_first(pytester):
         assert seen[name] == names[:i], name
 
 
-def _children() -> set[int]:
-    pids: set[int] = set()
-    for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
-            pids.update(int(p) for p in f.read().split())
-    return pids
-
 
 def test_a_container_started_for_a_test_that_never_runs_is_killed(pytester):
     # A plugin stops the session while a passed test is logged: the next test's container is
@@ -117,7 +111,7 @@ def test_a_container_started_for_a_test_that_never_runs_is_killed(pytester):
             if report.when == "teardown" and report.nodeid.endswith("test_1"):
                 SESSION[0].shouldstop = "stopped by a plugin"
     """)
-    before = _children()
+    before = children()
     try:
         result = run(pytester, """
             import time, pytest
@@ -130,9 +124,9 @@ def test_a_container_started_for_a_test_that_never_runs_is_killed(pytester):
         result.assert_outcomes(passed=1)
         result.stdout.fnmatch_lines(["*stopped by a plugin*"])
         assert runner._ahead is None
-        assert _children() <= before
+        assert children() <= before
     finally:
-        for pid in _children() - before:
+        for pid in children() - before:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)

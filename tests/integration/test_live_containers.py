@@ -11,7 +11,7 @@ import pytest
 
 from pytest_isolate.runtime import Resources, SetupError, Spec, SpecError
 from pytest_isolate.runtime.live import Container
-from tests.conftest import require, require_caps, sleeps_with
+from tests.conftest import children, require, require_caps, sleeps_with
 from tests.support import images as imgs
 
 ROOT = os.geteuid() == 0
@@ -126,21 +126,13 @@ def test_an_exec_that_cannot_be_placed_in_the_cgroup_runs_nothing(built, tmp_pat
         def refuse(pid):
             raise SetupError("join cgroup", "cgroup.procs", 1, "refused by the test")
         monkeypatch.setattr(cgroup, "add_process", refuse)
-        before = _children()
+        before = children()
         with pytest.raises(SetupError, match="refused by the test"):
             c.run(["touch", "/out/ran"])
-        assert _children() == before, "the helper was not reaped"
+        assert children() == before, "the helper was not reaped"
         monkeypatch.undo()
         assert c.run(["true"]).returncode == 0  # the container is still usable
     assert not (tmp_path / "ran").exists()
-
-
-def _children() -> set[int]:
-    pids: set[int] = set()
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/children") as f:
-            pids.update(int(p) for p in f.read().split())
-    return pids
 
 
 def test_call_runs_python_in_a_host_root_container_and_is_refused_for_images(built):
