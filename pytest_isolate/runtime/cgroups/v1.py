@@ -21,8 +21,8 @@ _has_memsw: dict[str, bool] = {}
 
 # What an ended container may leave charged to its memory cgroup (page cache of files it read
 # or wrote, kernel objects freed late) for the cgroup still to be handed to the next container
-# with the same caps: that much is not the next container's, yet counts against its cap until
-# reclaimed. A trivial test leaves 10-400 KiB here.
+# with the same caps: that much is not the next container's, yet counts against its cap and in
+# its peak until reclaimed. A trivial test leaves 10-400 KiB here.
 RECYCLE_LEFTOVER = 1 << 20
 
 
