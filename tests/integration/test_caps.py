@@ -122,11 +122,11 @@ def test_end_leaves_the_figures_to_wait_and_release_retires_the_cgroup():
     assert other.stats.memory_peak > 0
 
 
-def _in_cgroup(func, *args, memory: str = "256M", mounts=None):
+def _in_cgroup(func, *args, memory: str = "256M"):
     """Run func in a container with a memory cap: (its cgroup's driver, its Result)."""
     from pytest_isolate.runtime import start
 
-    proc = start(Spec(resources=Resources(memory=memory), mounts=mounts or {}), func, *args)
+    proc = start(Spec(resources=Resources(memory=memory)), func, *args)
     result = proc.wait()
     return proc._launch.cgroup, result
 
