@@ -23,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_isolate.runtime import Resources, Spec, container, run, run_command
+from pytest_isolate.runtime import Resources, Spec, run, run_command
 from pytest_isolate.runtime.cgroups import _detect
+from pytest_isolate.runtime.local import here
 from pytest_isolate.runtime.syscalls import can_fork_into_cgroup
 
 ROOTLESS_PYTHON = "/opt/pytest-isolate/rootless-venv/bin/python"
@@ -82,11 +83,11 @@ def measure_caps(runs: int, idle: float, rows: tuple[str, ...]
     samples: dict[str, list[float]] = {name: [] for name in rows}
 
     def once(name: str) -> None:
-        container._clone3_usable = name != "written"
+        here().clone3_usable = name != "written"
         try:
             run(specs[name], noop).unwrap()
         finally:
-            container._clone3_usable = True
+            here().clone3_usable = True
 
     for _ in range(5):
         for name in rows:

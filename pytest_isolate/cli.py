@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .runtime import IsolationError, Resources, SetupError, Spec, SpecError
-from .runtime.container import start_command
+from .runtime.api import start_command
 from .runtime.spec import format_size
 
 
@@ -18,7 +18,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         argv = argv[1:]
     spec_image = None
     if args.image:
-        from .runtime.container import resolve_image
+        from .runtime.api import resolve_image
 
         spec_image, image = resolve_image(Spec(image=os.path.abspath(args.image)))
         argv = argv or list(image.cmd)  # the image's Entrypoint + Cmd, as docker run does
@@ -85,7 +85,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
-    from .runtime import state
+    from .runtime.host import state
 
     removed = state.cleanup_stale()
     for item in removed:

@@ -113,7 +113,7 @@ def _prepare_warm(options: settings.Options) -> None:
     chosen = options.defaults.get("network")
     net = chosen.value if chosen is not None else "none"
     if net in ("none", "host"):
-        from .runtime import warm
+        from .runtime.warm import pool as warm
 
         with contextlib.suppress(Exception):  # a failure shows, with its message, at first use
             warm.prepare(net)
@@ -122,8 +122,8 @@ def _prepare_warm(options: settings.Options) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     runner.drop_ahead()
     if "pytest_isolate.runtime.warm" in sys.modules:
-        from .runtime import warm
         from .runtime.cgroups import spares
+        from .runtime.warm import pool as warm
 
         warm.shutdown()
         spares.flush()

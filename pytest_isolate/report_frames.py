@@ -1,7 +1,8 @@
 """How an isolated test's child hands its reports to the pytest process: marshal frames on a
 memfd (see runner.py's _Scratch).
 
-Why marshal, not the runtime's JSON frames (runtime/channel.py): the writer is a fork of the
+Why marshal, not the runtime's JSON frames (runtime/process/protocol.py): the writer is a fork
+of the
 pytest process itself, running the user's own test, so nothing crosses a trust boundary here
 that running the test in-process would not cross too (pytest-forked carries its reports the
 same way). And it is the hot path: for a report dict, marshal.dumps took 3.3 us against 15

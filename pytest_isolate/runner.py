@@ -40,10 +40,10 @@ import pytest
 
 from . import coverage_bridge, report_frames, reporting
 from . import pytest_private as pp
-from .runtime import container as rt
-from .runtime import warm
+from .runtime import api as rt
 from .runtime.errors import IsolationError, SetupError, UnsupportedError
 from .runtime.result import Result
+from .runtime.warm import pool as warm
 from .settings import ItemSettings, Options, SettingError, item_settings
 
 PHASES = ("setup", "call", "teardown")

@@ -9,7 +9,7 @@ import importlib
 
 TYPE_CHECKING = False  # not typing's: importing typing costs a fresh interpreter ~20 ms
 if TYPE_CHECKING:
-    from .container import (
+    from .api import (
         PIPE,
         ContainerProcess,
         run,
@@ -19,22 +19,31 @@ if TYPE_CHECKING:
         start_until_done,
     )
     from .errors import IsolationError, SetupError, SpecError, UnsupportedError
-    from .result import CommandResult, Result, Stats, WorkloadError, WorkloadFailed
+    from .result import (
+        CommandFailed,
+        CommandResult,
+        Result,
+        Stats,
+        WorkloadError,
+        WorkloadFailed,
+    )
     from .spec import Resources, Spec, TimeOffsets, parse_size, validate
 
-# Public names by module, imported on first use: the zygote (zygote.py) needs only a few
+# Public names by module, imported on first use: the zygote (warm/zygote.py) needs only a few
 # modules, and a fresh interpreter's imports are on the path to the first warm container.
 _EXPORTS = {
-    "container": ["PIPE", "ContainerProcess", "run", "run_command", "start", "start_command",
+    "api": ["PIPE", "ContainerProcess", "run", "run_command", "start", "start_command",
                   "start_until_done"],
     "errors": ["IsolationError", "SetupError", "SpecError", "UnsupportedError"],
-    "result": ["CommandResult", "Result", "Stats", "WorkloadError", "WorkloadFailed"],
+    "result": ["CommandFailed", "CommandResult", "Result", "Stats", "WorkloadError",
+               "WorkloadFailed"],
     "spec": ["Resources", "Spec", "TimeOffsets", "parse_size", "validate"],
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "PIPE", "CommandResult", "ContainerProcess", "IsolationError", "Resources", "Result",
+    "PIPE", "CommandFailed", "CommandResult", "ContainerProcess", "IsolationError", "Resources",
+    "Result",
     "SetupError", "Spec", "SpecError", "Stats", "TimeOffsets", "UnsupportedError",
     "WorkloadError", "WorkloadFailed", "parse_size", "run", "run_command", "start",
     "start_command", "start_until_done", "validate",

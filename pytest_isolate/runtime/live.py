@@ -17,106 +17,35 @@ there, so symlinks in the image resolve inside the container, never on the host.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
 import socket
 import threading
-import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import pid1
-from . import syscalls as sc
+from . import plan as plans
+from .api import default_workdir, resolve_image, start
 from .cgroups import NoCgroup
 from .cgroups.driver import join_self
-from .container import ContainerProcess, _default_workdir, resolve_image, start
 from .errors import SetupError, SpecError
-from .result import CommandResult, Stats
+from .handle import ContainerProcess
+from .process import protocol
+from .process.exec import Process, communicate, helper
+from .process.launch import close_all_but
+from .result import CommandResult, Result, Stats, WorkloadError, WorkloadFailed
+from .setup import Context, run_steps
 from .spec import Spec, validate
 
-_NS_ORDER = ("mnt", "uts", "ipc", "net", "cgroup", "pid")  # user first, when there is one
 READY_TIMEOUT = 30.0
-# What the program starts with: every catchable signal at its default action.
-_DEFAULT_SIGNALS = tuple(s for s in signal.valid_signals()
-                         if s not in (signal.SIGKILL, signal.SIGSTOP))
-
-
 def _keep_alive(ready_w: int) -> None:
     """The container's workload: say it is up, then wait for a signal (TERM ends it)."""
     os.write(ready_w, b"r")
     os.close(ready_w)
     while True:
         signal.pause()
-
-
-class Process:
-    """A process exec'd into a container: `wait()`, `kill()`, `output` (stdout and stderr as
-    they arrived), `returncode` (None while running; -N when killed by signal N)."""
-
-    def __init__(self, container: Container, argv: tuple[str, ...], pid: int,
-                 out_r: int | None, in_w: int | None):
-        self.container = container
-        self.argv = argv
-        self.pid = pid
-        self.returncode: int | None = None
-        self._chunks: list[bytes] = []
-        self._in_w = in_w
-        self._reader: threading.Thread | None = None
-        if out_r is not None:
-            self._reader = threading.Thread(target=self._drain, args=(out_r,), daemon=True)
-            self._reader.start()
-
-    def _drain(self, fd: int) -> None:
-        with contextlib.suppress(OSError):
-            while data := os.read(fd, 65536):
-                self._chunks.append(data)
-                self.container._log(self.argv, data)
-        os.close(fd)
-
-    @property
-    def output(self) -> bytes:
-        return b"".join(self._chunks)
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self._set(status)
-        return self.returncode
-
-    def _set(self, status: int) -> None:
-        code = os.waitstatus_to_exitcode(status)  # the helper relays signal N as 128+N
-        self.returncode = -(code - 128) if code > 128 else code
-
-    def wait(self, timeout: float | None = None) -> int:
-        if timeout is None and self.returncode is None:
-            self._set(os.waitpid(self.pid, 0)[1])
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{list(self.argv)} still running after {timeout}s")
-            time.sleep(0.001)
-        if self._reader is not None:
-            self._reader.join(5)
-        return self.returncode  # type: ignore[return-value]
-
-    def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)  # the helper forwards it to the program
-
-    def kill(self) -> None:
-        """SIGKILL the program (then its helper, which reports the status)."""
-        if self.returncode is None:
-            program = self.container._program_pids.get(self.pid)
-            with contextlib.suppress(ProcessLookupError):
-                if program:
-                    os.kill(program, signal.SIGKILL)
-                else:
-                    os.kill(self.pid, signal.SIGKILL)
 
 
 class Container:
@@ -131,7 +60,7 @@ class Container:
         spec = validate(spec or Spec())
         spec, self.image = resolve_image(spec)
         self.spec = spec
-        self.workdir = _default_workdir(spec)
+        self.workdir = default_workdir(spec)
         self._log_lock = threading.Lock()
         self._logs: list[str] = []
         self._processes: list[Process] = []
@@ -148,10 +77,10 @@ class Container:
             os.close(r)
         self.init_pid = self._find_init()
         self._userns = spec.wants_userns()
-        names = (("user",) if self._userns else ()) + _NS_ORDER
+        self._join = plans.join_steps(self._userns)
         self._ns: dict[str, int] = {}
         try:
-            for name in names:
+            for name in (step.target for step in self._join):
                 self._ns[name] = os.open(f"/proc/{self.init_pid}/ns/{name}",
                                          os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -211,7 +140,7 @@ class Container:
         (or raises SetupError when it could not be started)."""
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         place_r, place_w = os.pipe2(os.O_CLOEXEC)
-        cgroup = self._proc._launch.cgroup
+        cgroup = self._proc.cgroup
         joins = cgroup.self_join_files()  # v1: the helper joins the cgroup itself
         placed = isinstance(cgroup, NoCgroup) or bool(joins)  # else we place it
         keep = {err_w, place_r, *stdio.values(), *self._ns.values(), *(keep_fds or ())}
@@ -219,18 +148,16 @@ class Container:
         if pid == 0:  # pragma: no cover - runs in the helper
             code = 125
             try:
-                _close_all_but(keep)  # a held pipe end of another container means no EOF
+                close_all_but(keep)  # a held pipe end of another container means no EOF
                 join_self(joins)  # before the setns: the host's cgroup tree is in view here
                 if not placed and os.read(place_r, 1) != b"p":
                     return  # the caller could not place it (and raises why): run nothing
-                for fd in self._ns.values():  # user first: it grants the rights for the rest
-                    sc.setns(fd, 0)
-                code = _helper(argv, env, workdir, stdio, err_w, body)
+                run_steps(self._join, Context(ns_fds=self._ns))
+                code = helper(argv, env, workdir, stdio, err_w, body)
             except BaseException as e:
                 with contextlib.suppress(OSError):
-                    os.write(err_w, json.dumps({"errno": getattr(e, "errno", None),
-                                                "message": f"{type(e).__name__}: {e}"}
-                                               ).encode())
+                    os.write(err_w, protocol.failed(getattr(e, "errno", None),
+                                                    f"{type(e).__name__}: {e}"))
             finally:
                 os._exit(code)
         os.close(err_w)
@@ -250,7 +177,7 @@ class Container:
         os.close(place_w)
         with os.fdopen(err_r, "rb") as f:
             reply = f.read()
-        info = json.loads(reply) if reply else {}
+        info = protocol.decode(reply, {})
         if "pid" in info or (body is not None and not reply):
             self._program_pids[pid] = info.get("pid")
             return pid
@@ -312,7 +239,7 @@ class Container:
             for _, w in pipes.values():
                 os.close(w)
             os.close(in_r)
-        out, timed_out = _communicate(in_w, input or b"", {pipes[1][0]: 1, pipes[2][0]: 2},
+        out, timed_out = communicate(in_w, input or b"", {pipes[1][0]: 1, pipes[2][0]: 2},
                                       timeout, pid)
         proc = Process(self, argv, pid, None, None)
         proc.wait()
@@ -324,16 +251,12 @@ class Container:
         result = CommandResult(argv=argv, returncode=proc.returncode or 0, timed_out=timed_out,
                                stats=Stats(), oom_killed=False, pids_limited=False,
                                stdout=bytes(out[1]), stderr=bytes(out[2]))
-        if check and (result.returncode != 0 or timed_out):
-            raise SetupError("run", " ".join(argv), None,
-                             f"exit status {result.returncode}"
-                             f"{' (timed out)' if timed_out else ''}: "
-                             f"{result.stderr.decode(errors='replace')[-500:]}")
-        return result
+        return result.check_returncode() if check else result
 
     def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run func(*args, **kwargs) inside (a forked copy of this process that entered the
-        container) and return its JSON-able value; raises what it raised, as RuntimeError."""
+        container) and return its JSON-able value; what it raised comes back as
+        WorkloadFailed, with the exception's type, message and traceback on `.result.error`."""
         if self.spec.layers or self.spec.rootfs:
             raise SpecError("call", getattr(func, "__name__", func), "a container of the host "
                             "root (an image has no copy of this Python environment): use run()")
@@ -341,13 +264,9 @@ class Container:
 
         def body() -> None:
             try:
-                value = {"ok": func(*args, **kwargs)}
+                data = protocol.call_returned(func(*args, **kwargs))
             except BaseException as e:
-                value = {"error": f"{type(e).__name__}: {e}", "tb": traceback.format_exc()}
-            try:
-                data = json.dumps(value).encode()
-            except (TypeError, ValueError) as e:
-                data = json.dumps({"error": f"the return value is not JSON-able: {e}"}).encode()
+                data = protocol.call_raised(type(e).__qualname__, str(e), traceback.format_exc())
             os.write(w, data)
 
         try:
@@ -360,9 +279,10 @@ class Container:
         with os.fdopen(r, "rb") as f:
             data = f.read()
         os.waitpid(pid, 0)
-        reply = json.loads(data or b'{"error": "the call died without a result"}')
+        reply = protocol.decode(data, {"error": "the call died without a result"})
         if "error" in reply:
-            raise RuntimeError(f"{reply['error']}\n{reply.get('tb', '')}")
+            error = WorkloadError(reply.get("type", "Error"), reply["error"], reply.get("tb", ""))
+            raise WorkloadFailed(Result(error=error))
         return reply["ok"]
 
     # -- files ------------------------------------------------------------------------------
@@ -371,18 +291,17 @@ class Container:
         if not isinstance(path, str) or not path.startswith("/"):
             raise SpecError("path", path, "an absolute path inside the container")
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ns = [self._ns[n] for n in (("user",) if self._userns else ()) + ("mnt",)]
+        steps = plans.join_steps(self._userns, only=("mnt",))
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the helper
             try:
                 a.close()
-                for fd in ns:
-                    sc.setns(fd, 0)
+                run_steps(steps, Context(ns_fds=self._ns))
                 fd = os.open(path, flags | os.O_CLOEXEC, mode)
                 socket.send_fds(b, [b"k"], [fd])
-            except OSError as e:
+            except (OSError, SetupError) as e:
                 with contextlib.suppress(OSError):
-                    b.sendall(json.dumps({"errno": e.errno, "message": e.strerror}).encode())
+                    b.sendall(protocol.failed(e.errno, getattr(e, "strerror", None) or str(e)))
             finally:
                 os._exit(0)
         b.close()
@@ -395,7 +314,7 @@ class Container:
             os.waitpid(pid, 0)
         if fds:
             return fds[0]
-        info = json.loads(msg or b'{"errno": null, "message": "helper died"}')
+        info = protocol.decode(msg, {"errno": None, "message": "helper died"})
         raise FileNotFoundError(info["errno"], f"{info['message']}: {path} (in the container)"
                                 ) if info["errno"] == 2 else OSError(info["errno"],
                                                                      f"{info['message']}: {path}")
@@ -426,7 +345,7 @@ class Container:
         """CPU time, throttling, peak memory of its cgroup (empty without caps)."""
         if self._stopped:
             return self._proc.stats
-        return self._proc._launch.cgroup.stats()
+        return self._proc.cgroup.stats()
 
     @property
     def running(self) -> bool:
@@ -457,92 +376,3 @@ class Container:
     def __repr__(self) -> str:
         what = self.spec.image or self.spec.rootfs or "host root"
         return f"<Container {what} init={self.init_pid} {'running' if self.running else 'stopped'}>"
-
-
-def _close_all_but(keep: set[int]) -> None:
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def _helper(argv: tuple[str, ...], env: dict[str, str], workdir: str, stdio: dict[int, int],
-            err_w: int, body: Callable[[], None] | None) -> int:
-    """In the helper, inside every namespace but as a non-member of the pid namespace: start
-    the program (which is a member), forward signals, relay its status. A program is started
-    with posix_spawn (vfork: no copy of this process's page tables, about 2 ms less than
-    fork + exec); its pid goes back to the caller, which kills it directly."""
-    forward = pid1.Forwarder()
-    try:
-        os.chdir(workdir)
-    except OSError:
-        os.chdir("/")
-    if body is None:
-        try:
-            pid = os.posix_spawnp(
-                argv[0], list(argv), env,
-                file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in stdio.items()],
-                setsigdef=_DEFAULT_SIGNALS, setsigmask=())
-        except OSError as e:
-            os.write(err_w, json.dumps({"errno": e.errno,
-                                        "message": e.strerror or str(e)}).encode())
-            return 127
-        os.write(err_w, json.dumps({"pid": pid}).encode())
-    else:
-        pid = os.fork()
-        if pid == 0:
-            forward.restore()
-            try:
-                body()
-            finally:
-                os._exit(0)
-    os.close(err_w)
-    for fd in set(stdio.values()):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    forward.target = pid
-    _, status = os.waitpid(pid, 0)
-    return pid1.exit_code_for(status)
-
-
-def _communicate(in_w: int, data: bytes, outs: dict[int, int], timeout: float | None,
-                 pid: int) -> tuple[dict[int, bytearray], bool]:
-    got: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pending = memoryview(data)
-    writing = in_w if pending else None
-    if writing is None:
-        os.close(in_w)
-    readers = dict(outs)
-    timed_out = False
-    while readers or writing is not None:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            timed_out = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            deadline = None
-            continue
-        r, w, _ = select.select(list(readers), [writing] if writing is not None else [], [],
-                                left)
-        if w:
-            try:
-                n = os.write(writing, pending[:65536])
-                pending = pending[n:]
-            except BrokenPipeError:
-                pending = pending[:0]
-            if not pending:
-                os.close(writing)  # type: ignore[arg-type]
-                writing = None
-        for fd in r:
-            chunk = os.read(fd, 65536)
-            if chunk:
-                got[readers[fd]] += chunk
-            else:
-                os.close(fd)
-                del readers[fd]
-    if writing is not None:
-        os.close(writing)
-    return got, timed_out
-

@@ -15,11 +15,8 @@ from . import syscalls as sc
 from .cgroups import detect_mode, writable_controllers
 from .cgroups.driver import read
 from .errors import SetupError, UnsupportedError
-from .namespaces import enter_user_namespace
-
-_NS = (("user", sc.CLONE_NEWUSER), ("mount", sc.CLONE_NEWNS), ("pid", sc.CLONE_NEWPID),
-       ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC), ("net", sc.CLONE_NEWNET),
-       ("cgroup", sc.CLONE_NEWCGROUP), ("time", sc.CLONE_NEWTIME))
+from .kernel.namespaces import enter_user_namespace
+from .plan import ORDERED_NAMESPACES
 
 
 @dataclass(frozen=True)
@@ -57,7 +54,7 @@ def _err(code: int) -> str:
 
 def probe_namespaces() -> list[Feature]:
     out = []
-    for name, flag in _NS:
+    for name, flag in ORDERED_NAMESPACES:
         def body(flag: int = flag) -> None:
             if flag != sc.CLONE_NEWUSER:
                 _enter_userns_if_needed()
@@ -68,7 +65,8 @@ def probe_namespaces() -> list[Feature]:
             "kernel.unprivileged_userns_clone=1, on Ubuntu "
             "kernel.apparmor_restrict_unprivileged_userns=0) or run as root"
             if name == "user" or os.geteuid() != 0 else
-            f"a kernel built with the {name} namespace (CONFIG_{name.upper()}_NS)")
+            f"a kernel built with the {name} namespace "
+            f"(CONFIG_{'' if name == 'mnt' else name.upper() + '_'}NS)")
         out.append(Feature(f"{name} namespace", code == 0, _err(code), fix))
     return out
 

@@ -9,7 +9,7 @@ from typing import Any
 from .cgroups.files import CgroupStats as Stats
 from .errors import IsolationError
 
-__all__ = ["CommandResult", "Result", "Stats", "WorkloadError", "WorkloadFailed"]
+__all__ = ["CommandFailed", "CommandResult", "Result", "Stats", "WorkloadError", "WorkloadFailed"]
 
 
 @dataclass(frozen=True)
@@ -96,3 +96,24 @@ class CommandResult:
     @property
     def signal(self) -> int | None:
         return -self.returncode if self.returncode < 0 else None
+
+    def check_returncode(self) -> CommandResult:
+        """The result itself, or CommandFailed when the program failed or timed out."""
+        if self.returncode != 0 or self.timed_out:
+            raise CommandFailed(self)
+        return self
+
+
+class CommandFailed(IsolationError):
+    """A command run with `check=True` exited non-zero, was killed, or timed out."""
+
+    def __init__(self, result: CommandResult):
+        self.result = result
+        how = f"exit status {result.returncode}"
+        if result.signal is not None:
+            how = f"killed by {signal_name(result.signal)}"
+        if result.timed_out:
+            how += " (timed out)"
+        tail = (result.stderr or b"").decode(errors="replace")[-500:]
+        super().__init__(f"{' '.join(result.argv)}: {how}" + (f": {tail}" if tail else "")
+                         + "\nhint: its stderr is above; CommandResult is on .result")

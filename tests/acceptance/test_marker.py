@@ -425,8 +425,8 @@ def test_the_zygote_starts_at_configure_and_only_where_tests_run(pytester, args,
             config = getattr(node, "config", node)
             if hasattr(config, "workerinput"):
                 return  # an xdist worker: its own process, its own zygote
-            warm = sys.modules.get("pytest_isolate.runtime.warm")
-            up = warm is not None and warm._pool is not None
+            warm = sys.modules.get("pytest_isolate.runtime.warm.pool")
+            up = warm is not None and warm.pool_process() is not None
             with open("zygote.log", "a") as f:
                 f.write(f"{when}: {'zygote' if up else 'none'}\\n")
 

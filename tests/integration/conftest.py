@@ -15,7 +15,9 @@ def no_leftovers():
     """Asserts that a test leaves no child process, open fd or host mount behind. The zygote
     (warm containers) is a deliberate helper of the process: it is shut down on both sides,
     so that what it leaves behind is checked too."""
-    from pytest_isolate.runtime import rootfs, state, warm
+    from pytest_isolate.runtime.host import state
+    from pytest_isolate.runtime.kernel import mountinfo as rootfs
+    from pytest_isolate.runtime.warm import pool as warm
 
     def snapshot():
         warm.shutdown()

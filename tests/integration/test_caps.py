@@ -203,7 +203,7 @@ def test_a_failed_placement_kills_the_container_and_leaves_no_cgroup(monkeypatch
 def test_a_cgroup_left_by_a_killed_parent_is_removed_by_cleanup():
     script = textwrap.dedent("""
         from pytest_isolate.runtime import Spec, Resources
-        from pytest_isolate.runtime.container import start_command
+        from pytest_isolate.runtime.api import start_command
         p = start_command(Spec(resources=Resources(pids=8)), ["sleep", "1000"])
         print(p.pid, flush=True)
         p.communicate()
@@ -315,13 +315,14 @@ def test_a_cgroup_the_zygote_failed_to_make_is_made_in_process(monkeypatch):
 def test_a_zygote_that_dies_with_a_cgroup_asked_of_it_is_a_clear_error_leaving_none():
     if os.geteuid() != 0:
         pytest.skip("warm containers (and so the zygote) are root's")
-    from pytest_isolate.runtime import SetupError, warm
+    from pytest_isolate.runtime import SetupError
+    from pytest_isolate.runtime.warm import pool as warm
 
     spec = Spec(resources=Resources(pids=16))
     assert run(spec, int, 1).unwrap() == 1
     assert run(spec, int, 2).unwrap() == 2  # the next container's cgroup is now asked for
-    warm._pool.proc.kill()
-    warm._pool.proc.wait()
+    warm.pool_process().kill()
+    warm.pool_process().wait()
     # Also when its last answer was sent before it died: the container it built died with it.
     with pytest.raises(SetupError, match="the helper process exited") as err:
         run(spec, int, 3)

@@ -24,9 +24,9 @@ from pytest_isolate.runtime import (
     run_command,
     start,
     start_until_done,
-    warm,
 )
 from pytest_isolate.runtime import syscalls as sc
+from pytest_isolate.runtime.warm import pool as warm
 from tests.conftest import net_fds, require, require_caps, sleeps_with
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -109,7 +109,7 @@ def _wait_for(condition, seconds: float = 10) -> None:
 
 
 def _zygote_children() -> set[int]:
-    z = warm._pool.proc.pid
+    z = warm.pool_process().pid
     with open(f"/proc/{z}/task/{z}/children") as f:
         return {int(p) for p in f.read().split()}
 
@@ -122,7 +122,7 @@ def test_a_warm_init_shares_the_zygotes_memory_where_proc_takes_a_pidns():
     assert run(SPEC, os.getpid).value == 2  # the zygote is up, the next container asked for
     init = warm.take(SPEC.network)
     try:
-        assert _shares_memory(warm._pool.proc.pid, init.pid) == _proc_takes_pidns()
+        assert _shares_memory(warm.pool_process().pid, init.pid) == _proc_takes_pidns()
     finally:
         init.kill()
 
@@ -136,7 +136,8 @@ def test_a_failing_warm_build_is_a_setup_error_back_home_with_its_init_killed():
     if pid == 0:
         code = 1
         try:
-            from pytest_isolate.runtime import rootfs, zygote
+            from pytest_isolate.runtime.kernel import mountinfo, rootfs
+            from pytest_isolate.runtime.warm import zygote
 
             for n in sc.handlers_installed():  # as the zygote: a sleeper inherits none
                 signal.signal(n, signal.SIG_DFL)
@@ -146,7 +147,7 @@ def test_a_failing_warm_build_is_a_setup_error_back_home_with_its_init_killed():
             rootfs.mount_sys = boom
             home = [os.stat(f"/proc/self/ns/{n}").st_ino for n in ("mnt", "net", "uts")]
             try:
-                zygote._build_around_sleeper("none", rootfs.host_plan(split=False))
+                zygote._build_around_sleeper("none", mountinfo.host_plan(split=False))
                 said = "no error"
             except SetupError as e:
                 said = f"{e.step}: {e.message}"
@@ -162,7 +163,7 @@ def test_a_failing_warm_build_is_a_setup_error_back_home_with_its_init_killed():
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     said, back, sig = json.loads(out)
     # Where proc lacks the pidns option the build fails earlier, at /proc, as it should.
-    want = ("warm container setup: OSError: [Errno 5] injected" if _proc_takes_pidns()
+    want = ("sys: injected" if _proc_takes_pidns()
             else "mount proc: ")
     assert said.startswith(want) and back and sig == signal.SIGKILL, out
 
@@ -183,8 +184,8 @@ def test_a_killed_zygote_takes_every_container_it_built_along():
         warm.ask_next(SPEC.network)
         _wait_for(lambda: len(_zygote_children()) == 2)
         inits = [os.pidfd_open(p) for p in _zygote_children()]
-        warm._pool.proc.kill()
-        warm._pool.proc.wait()
+        warm.pool_process().kill()
+        warm.pool_process().wait()
         gone, _, _ = select.select(inits, [], [], 10)  # a pidfd reads ready once it exited
         assert len(gone) == 2
     finally:
@@ -243,7 +244,7 @@ def test_hostname_is_set():
 
 
 def test_the_hostname_step_refuses_the_namespace_the_caller_started_in():
-    from pytest_isolate.runtime import namespaces
+    from pytest_isolate.runtime.kernel import namespaces
 
     name = socket.gethostname()  # were the guard gone, the host would get its own name again
     with pytest.raises(SetupError, match="still in the UTS namespace it started in"):
@@ -386,8 +387,8 @@ def test_a_host_mount_made_after_a_container_was_built_ahead_is_visible_in_the_n
 def test_the_mount_table_watch_reads_again_only_after_a_change(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("rootless: mounting a tmpfs on the host needs root")
-    from pytest_isolate.runtime import rootfs
     from pytest_isolate.runtime import syscalls as sc
+    from pytest_isolate.runtime.kernel import mountinfo as rootfs
 
     watch = rootfs.MountTableWatch()
     try:
@@ -431,7 +432,7 @@ def test_dev_holds_the_standard_devices_usable_by_any_user():
 def test_the_mount_table_watch_is_safe_from_several_threads():
     import threading
 
-    from pytest_isolate.runtime import rootfs
+    from pytest_isolate.runtime.kernel import mountinfo as rootfs
 
     watch, errors = rootfs.MountTableWatch(), []
 
@@ -453,11 +454,11 @@ def test_the_mount_table_watch_is_safe_from_several_threads():
 def test_a_forked_child_starts_its_own_containers_and_leaves_the_parents_alone(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("rootless: mounting a tmpfs on the host needs root")
-    from pytest_isolate.runtime import rootfs
     from pytest_isolate.runtime import syscalls as sc
+    from pytest_isolate.runtime.kernel import mountinfo as rootfs
 
     assert run(SPEC, os.getpid).value == 2  # the parent's zygote and mount-table watch exist
-    zygote = warm._pool.proc.pid
+    zygote = warm.pool_process().pid
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     pid = os.fork()
@@ -466,7 +467,7 @@ def test_a_forked_child_starts_its_own_containers_and_leaves_the_parents_alone(t
         try:
             sc.mount("pti-test", str(mnt), "tmpfs", 0)  # left for the parent to find
             seen = run(SPEC, os.path.ismount, str(mnt)).value
-            code = 0 if seen and warm._pool.proc.pid != zygote else 3
+            code = 0 if seen and warm.pool_process().pid != zygote else 3
         finally:
             warm.shutdown()
             os._exit(code)

@@ -154,3 +154,20 @@ def test_stop_ends_every_process_and_leaves_nothing(built):
     assert not c.running
     with pytest.raises(SetupError, match="stopped"):
         c.run(["true"])
+
+
+def test_failures_of_run_check_and_call_are_isolation_errors(built):
+    from pytest_isolate.runtime import CommandFailed, IsolationError, WorkloadFailed
+
+    with Container(Spec(image=built["dir"])) as c:
+        with pytest.raises(CommandFailed, match=r"sh -c echo oops >&2; exit 3: exit status 3: "
+                                                r"oops") as info:
+            c.run(["sh", "-c", "echo oops >&2; exit 3"], check=True)
+        assert isinstance(info.value, IsolationError) and info.value.result.returncode == 3
+    with Container(Spec()) as c:
+        def boom():
+            raise KeyError("inside")
+        with pytest.raises(WorkloadFailed, match="raised KeyError") as failed:
+            c.call(boom)
+        error = failed.value.result.error
+        assert error.type == "KeyError" and "boom" in error.traceback

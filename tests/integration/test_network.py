@@ -17,9 +17,9 @@ import time
 import pytest
 
 from pytest_isolate.runtime import Spec, SpecError, UnsupportedError, run
+from pytest_isolate.runtime.host.state import cleanup_stale
 from pytest_isolate.runtime.network import Network, VethPair, leases
 from pytest_isolate.runtime.network.topology import host_link_name
-from pytest_isolate.runtime.state import cleanup_stale
 from tests.conftest import net_fds, require_netem
 
 ROOT = os.geteuid() == 0
@@ -267,7 +267,7 @@ def test_a_veth_container_reaches_the_host_side_and_nothing_beyond():
     srv = socket.create_server(("0.0.0.0", 0))
     port = srv.getsockname()[1]
     _accept_loop(srv, lambda conn: conn.sendall(b"host"))
-    from pytest_isolate.runtime.container import start
+    from pytest_isolate.runtime.api import start
 
     # A second container with a server of its own: the first must not reach it via the host.
     other = start(Spec(network="veth"), lambda: _serve_once(os.environ["PYTEST_ISOLATE_IP"]))

@@ -42,7 +42,7 @@ def test_sigkill_of_the_parent_kills_the_whole_container(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         from pytest_isolate.runtime import Spec
-        from pytest_isolate.runtime.container import start_command
+        from pytest_isolate.runtime.api import start_command
         p = start_command(Spec(), ["sh", "-c", "sleep 1000{marker} & sleep 1000{marker}"])
         print(p.pid, flush=True)
         p.communicate()

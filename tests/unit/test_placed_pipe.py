@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pytest_isolate.runtime.container import _wait_placed
 from pytest_isolate.runtime.errors import SetupError
+from pytest_isolate.runtime.process.child import wait_placed as _wait_placed
 
 
 def _pipe_with(data: bytes) -> int:

@@ -1,6 +1,6 @@
 """The host-tree planner is pure: mountinfo text and a fake filesystem in, layers out."""
 
-from pytest_isolate.runtime.rootfs import (
+from pytest_isolate.runtime.kernel.mountinfo import (
     HostFS,
     Layer,
     parse_mountinfo,

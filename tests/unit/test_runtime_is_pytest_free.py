@@ -3,7 +3,8 @@ import sys
 
 
 def test_runtime_never_imports_pytest():
-    code = ("import sys, pytest_isolate.runtime, pytest_isolate.runtime.container;"
+    code = ("import sys, pytest_isolate.runtime, pytest_isolate.runtime.api,"
+            " pytest_isolate.runtime.live;"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pytest', '_pytest'));"
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -29,11 +30,11 @@ def test_every_public_name_resolves_lazily():
 
 
 def test_the_zygote_imports_only_what_it_needs():
-    # Its start-up is on the path to the first warm container (runtime/warm.py).
+    # Its start-up is on the path to the first warm container (runtime/warm/pool.py).
     repo = str(__import__("pathlib").Path(__file__).resolve().parents[2])
-    code = (f"import sys; sys.path.insert(0, {repo!r}); import pytest_isolate.runtime.zygote;"
+    code = (f"import sys; sys.path.insert(0, {repo!r}); import pytest_isolate.runtime.warm.zygote;"
             "heavy = {'typing', 'dataclasses', 'inspect', 'ctypes.util', 'platform',"
-            " 'pytest_isolate.runtime.container', 'pytest_isolate.runtime.spec'};"
+            " 'pytest_isolate.runtime.api', 'pytest_isolate.runtime.spec'};"
             "print(sorted(heavy & set(sys.modules))); sys.exit(bool(heavy & set(sys.modules)))")
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
                           text=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_isolate.runtime import zygote
 from pytest_isolate.runtime.cgroups import spares
+from pytest_isolate.runtime.warm import zygote
 
 CAPS = (None, None, 64)
 

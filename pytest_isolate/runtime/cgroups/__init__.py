@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 
-from .. import state
 from ..errors import UnsupportedError
-from ..rootfs import mount_table, parse_mountinfo
+from ..host import state
+from ..kernel.mountinfo import mount_table, parse_mountinfo
 from .driver import Driver, NoCgroup, new_name, remove_dir
 from .files import CgroupStats
 from .v1 import V1Cgroup
@@ -114,7 +114,7 @@ def _pti_cgroups() -> list[tuple[int, str]]:
     return found
 
 
-def stale_owner_pids() -> set[int]:
+def stale_owners() -> set[int]:
     return {owner for owner, _ in _pti_cgroups()}
 
 
@@ -168,7 +168,6 @@ def open_cgroup(cpu: float | None, memory: int | None, pids: int | None) -> Driv
         raise UnsupportedError(f"cgroup caps ({', '.join(asked)})",
                                f"this process may not create cgroups below "
                                f"{dirs[readonly[0]]} (uid {os.geteuid()})", _NO_CGROUP_FIX)
-    state.register_cleaner(remove_stale)
     state.ensure_owner_lock()
     name = new_name()
     if mode == "v2":

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import SpecError, UnsupportedError
-from ..state import ensure_owner_lock, owner_alive, state_dir
+from ..host.state import ensure_owner_lock, owner_alive, state_dir
 
 # RFC 2544 benchmarking range: never routed on the internet, rarely used on LANs.
 DEFAULT_POOL = "198.18.0.0/15"
@@ -210,8 +210,13 @@ def leases() -> dict[str, int]:
         return {}
 
 
+def stale_owners() -> set[int]:
+    """host/state.py cleaner: the owners of current leases."""
+    return set(leases().values())
+
+
 def remove_stale(pid: int) -> list[str]:
-    """state.py cleaner: drop the leases of a dead owner."""
+    """host/state.py cleaner: drop the leases of a dead owner."""
     path, _ = _paths()
     if not os.path.exists(path):
         return []

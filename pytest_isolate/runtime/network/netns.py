@@ -81,7 +81,7 @@ class Pod:
 
     def __init__(self) -> None:
         def make() -> tuple[Any, list[int]]:
-            from ..namespaces import enter_user_namespace
+            from ..kernel.namespaces import enter_user_namespace
 
             enter_user_namespace(os.geteuid(), os.getegid())
             return None, [os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC)]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import SetupError, SpecError, UnsupportedError
-from ..state import PREFIX, ensure_owner_lock, owner_alive
+from ..host.state import PREFIX, ensure_owner_lock, owner_alive
 from . import leases
 from .impairment import Impairment
 from .netns import NetNamespace, Pod, create, entered, in_owner
@@ -334,8 +334,8 @@ def _no_forwarding(ifname: str) -> None:
             f.write("0" if "ipv4" in path else "1")
 
 
-def remove_stale_links(pid: int) -> list[str]:
-    """state.py cleaner: host-side links a dead owner left in this network namespace."""
+def remove_stale(pid: int) -> list[str]:
+    """host/state.py cleaner: host-side links a dead owner left in this network namespace."""
     try:
         names = os.listdir("/sys/class/net")
     except OSError:
@@ -354,7 +354,7 @@ def remove_stale_links(pid: int) -> list[str]:
     return removed
 
 
-def stale_link_owners() -> set[int]:
+def stale_owners() -> set[int]:
     with contextlib.suppress(OSError):
         return {p for n in os.listdir("/sys/class/net") if (p := _owner_of(n)) is not None}
     return set()

@@ -1,6 +1,11 @@
 import os
 
-from pytest_isolate.runtime.channel import FrameReader, encode, read_all_frames, write_frame
+from pytest_isolate.runtime.process.protocol import (
+    FrameReader,
+    encode,
+    read_all_frames,
+    write_frame,
+)
 
 
 def test_frames_survive_arbitrary_chunking():

@@ -44,15 +44,18 @@ import signal
 import socket
 import sys
 
-from . import namespaces, rootfs
-from . import syscalls as sc
-from .channel import read_all_frames, write_frame
-from .errors import SetupError
+from .. import plan as plans
+from .. import syscalls as sc
+from ..errors import SetupError
+from ..kernel import mountinfo
+from ..kernel.namespaces import pid_namespace_for_next_fork
+from ..process import protocol
+from ..setup import Context, run_steps
 
 HOSTNAME = "isolated"  # Spec's default: a workload that keeps it need not set it again
 
 
-def _init(network: str, plan, ready_w: int) -> None:
+def _init(network: str, layers: tuple, ready_w: int) -> None:
     """pid 1 of a warm container: build it, say so, then reap orphans until killed."""
     code = 125
     try:
@@ -60,21 +63,10 @@ def _init(network: str, plan, ready_w: int) -> None:
         signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes pause() to reap
         # Its own cgroup namespace too, rooted at the caller's cgroup (the zygote's), which an
         # uncapped workload joins: /proc/self/cgroup shows "/" with no unshare of its own.
-        flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
-        if network == "none":
-            flags |= sc.CLONE_NEWNET
-        namespaces.unshare_namespaces(flags)
-        root = rootfs.prepare_scratch(None)
-        rootfs.mount_host_tree(root, plan, False)
-        rootfs.mount_proc(root)
-        rootfs.mount_sys(root)
-        rootfs.mount_dev(root, False)
-        rootfs.pivot_into(root)
-        namespaces.set_hostname(HOSTNAME)
-        if network == "none":
-            namespaces.bring_up_loopback()
+        plan = plans.build_plan(network, HOSTNAME)
+        run_steps([s for s in plan.init if s.name != plans.FORK_WORKLOAD], Context(layers))
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        write_frame(ready_w, {"t": "ready"})
+        protocol.write_frame(ready_w, protocol.ready())
         os.close(ready_w)
         while True:
             try:
@@ -84,33 +76,33 @@ def _init(network: str, plan, ready_w: int) -> None:
             except InterruptedError:
                 pass
     except SetupError as e:
-        write_frame(ready_w, e.to_frame())
+        protocol.write_frame(ready_w, e.to_frame())
     except BaseException as e:  # any failure here is a setup failure to report
-        err = SetupError("warm container setup", "-", getattr(e, "errno", None),
+        err = SetupError("warm container setup", "init", getattr(e, "errno", None),
                          f"{type(e).__name__}: {e}")
-        write_frame(ready_w, err.to_frame())
+        protocol.write_frame(ready_w, err.to_frame())
     finally:
         os._exit(code)
 
 
-def _build_forked(network: str, plan) -> int:
+def _build_forked(network: str, layers: tuple) -> int:
     """A container whose init is a fork of this process that builds it itself; its pidfd."""
     ready_r, ready_w = os.pipe()
-    with namespaces.pid_namespace_for_next_fork():
+    with pid_namespace_for_next_fork():
         pid = os.fork()
         if pid == 0:
             os.close(ready_r)
-            _init(network, plan, ready_w)
+            _init(network, layers, ready_w)
     os.close(ready_w)
-    frames = read_all_frames(ready_r)
+    frames = protocol.read_all_frames(ready_r)
     os.close(ready_r)
-    if frames and frames[0]["t"] == "ready":
+    if frames and frames[0]["t"] == protocol.READY:
         return os.pidfd_open(pid)
     with contextlib.suppress(ChildProcessError):  # SIGCHLD is ignored: may be reaped already
         os.waitpid(pid, 0)
     if frames:
         raise SetupError.from_frame(frames[0])
-    raise SetupError("warm container setup", "-", None, "init exited without a word")
+    raise SetupError("warm container setup", "init", None, "init exited without a word")
 
 
 # Where the zygote goes back to after each build (opened per build: see below).
@@ -129,13 +121,12 @@ def _go_home(home: list[int]) -> None:
         os.close(fd)
 
 
-def _build_around_sleeper(network: str, plan) -> int:
+def _build_around_sleeper(network: str, layers: tuple) -> int:
     """A container whose init is a sleeper (see the module docstring); its pidfd."""
-    flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
-    if network == "none":
-        flags |= sc.CLONE_NEWNET
+    # proc's pidns option: the new /proc shows the sleeper's pid namespace, not the zygote's.
+    plan = plans.build_plan(network, HOSTNAME, proc_pidns="/proc/thread-self/ns/pid_for_children")
     try:
-        pid, pidfd = sc.clone_sleeper(flags | sc.CLONE_NEWPID)
+        pid, pidfd = sc.clone_sleeper(plan.flags | sc.CLONE_NEWPID)
     except OSError as e:
         raise SetupError("clone", "warm container init", e.errno, str(e)) from None
     try:
@@ -145,18 +136,10 @@ def _build_around_sleeper(network: str, plan) -> int:
                 for name, _ in _HOME]
         try:
             try:
-                sc.setns(pidfd, flags | sc.CLONE_NEWPID)  # pid: for proc's pidns option
+                sc.setns(pidfd, plan.flags | sc.CLONE_NEWPID)  # pid: for proc's pidns option
             except OSError as e:
                 raise SetupError("setns", "warm container init", e.errno, str(e)) from None
-            root = rootfs.prepare_scratch(None)
-            rootfs.mount_host_tree(root, plan, False)
-            rootfs.mount_proc(root, pidns="/proc/thread-self/ns/pid_for_children")
-            rootfs.mount_sys(root)
-            rootfs.mount_dev(root, False)
-            rootfs.pivot_into(root)  # the sleeper's root and cwd move along
-            namespaces.set_hostname(HOSTNAME)
-            if network == "none":
-                namespaces.bring_up_loopback()
+            run_steps(plan.build, Context(layers))  # the sleeper's root and cwd move along
         finally:
             _go_home(home)
         # It inherited SCHED_IDLE; killed at SCHED_OTHER, its teardown is not put off.
@@ -166,7 +149,7 @@ def _build_around_sleeper(network: str, plan) -> int:
         os.close(pidfd)
         if isinstance(e, Exception) and not isinstance(e, SetupError):
             # any failure here is a setup failure to report, as a forked init reports it
-            raise SetupError("warm container setup", "-", getattr(e, "errno", None),
+            raise SetupError("warm container setup", "init", getattr(e, "errno", None),
                              f"{type(e).__name__}: {e}") from None
         raise
     return pidfd
@@ -178,17 +161,17 @@ _sleepers: list[bool | None] = [None]
 
 def _build(network: str) -> int:
     """The pidfd of a new warm container's init."""
-    plan = rootfs.host_plan(split=False)
+    layers = mountinfo.host_plan(split=False)
     if _sleepers[0] is not False:
         try:
-            pidfd = _build_around_sleeper(network, plan)
+            pidfd = _build_around_sleeper(network, layers)
             _sleepers[0] = True
             return pidfd
         except SetupError as e:
             if _sleepers[0] or e.errno != errno.EINVAL or e.step not in ("mount proc", "clone"):
                 raise
             _sleepers[0] = False  # this kernel lacks proc's pidns option (or CLONE_PIDFD)
-    return _build_forked(network, plan)
+    return _build_forked(network, layers)
 
 
 def _chores(chores: dict) -> dict:
@@ -218,8 +201,8 @@ def _chores(chores: dict) -> dict:
         for d in reversed(made):
             with contextlib.suppress(OSError):
                 os.rmdir(d)
-        return {"busy": busy, "error": f"{path}: {e.strerror}"}
-    return {"busy": busy, "error": None}
+        return protocol.chores_done(busy, f"{path}: {e.strerror}")
+    return protocol.chores_done(busy, None)
 
 
 def serve(sock: socket.socket) -> None:
@@ -235,15 +218,15 @@ def serve(sock: socket.socket) -> None:
             return
         request = json.loads(data)
         pidfd = -1
+        error = None
         try:
             pidfd = _build(request["network"])
-            reply: dict = {"hostname": HOSTNAME}
         except SetupError as e:
-            reply = {"error": e.to_frame()}
-        if "chores" in request:
-            reply["chores"] = _chores(request["chores"])
+            error = e.to_frame()
+        chores = _chores(request["chores"]) if "chores" in request else None
+        reply = protocol.zygote_reply(HOSTNAME, error, chores)
         try:
-            socket.send_fds(sock, [json.dumps(reply).encode()], [pidfd] if pidfd >= 0 else [])
+            socket.send_fds(sock, [reply], [pidfd] if pidfd >= 0 else [])
         except (BrokenPipeError, ConnectionResetError):
             return
         finally:

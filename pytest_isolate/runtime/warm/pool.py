@@ -31,12 +31,17 @@ import sys
 import threading
 from collections.abc import Callable
 
-from . import namespaces, rootfs
-from . import syscalls as sc
-from .errors import SetupError
-from .spec import Spec
+from .. import plan as plans
+from .. import syscalls as sc
+from ..errors import SetupError
+from ..kernel import mountinfo
+from ..kernel.namespaces import pid_namespace_for_next_fork
+from ..local import here
+from ..process import protocol
+from ..spec import Spec
 
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
 DISABLE_ENV = "PYTEST_ISOLATE_NO_WARM"  # "1": always build containers cold (for comparison)
 
 
@@ -53,35 +58,30 @@ def eligible(spec: Spec) -> bool:
 # workers (perf). A held namespace has no process and no socket left: a test's process that
 # inherits the fds (as it inherits the zygote socket) finds a loopback and nothing else.
 NET_BATCH = 32
-_dead_nets: list[int] = []
-_dead_nets_pid = 0
-_can_hold_nets = True  # PIDFD_GET_NET_NAMESPACE needs Linux 6.11
+_can_hold_nets = True  # PIDFD_GET_NET_NAMESPACE needs Linux 6.11 (a kernel fact: inherited)
 
 
 def _hold_net(pidfd: int) -> None:
     """Keep init's network namespace alive past its death, to be let go with others."""
-    global _can_hold_nets, _dead_nets_pid
+    global _can_hold_nets
     if not _can_hold_nets:
         return
-    if _dead_nets_pid != os.getpid():  # a forked child's copies are not its own to batch
-        _dead_nets.clear()
-        _dead_nets_pid = os.getpid()
+    dead = here().dead_nets  # a forked child's copies are not its own to batch
     try:
-        _dead_nets.append(fcntl.ioctl(pidfd, sc.PIDFD_GET_NET_NAMESPACE, 0))
+        dead.append(fcntl.ioctl(pidfd, sc.PIDFD_GET_NET_NAMESPACE, 0))
     except OSError as e:
         if e.errno in (errno.ENOTTY, errno.EINVAL):  # before Linux 6.11
             _can_hold_nets = False
         return  # else init is gone already (ESRCH): nothing to hold
-    if len(_dead_nets) >= NET_BATCH:
+    if len(dead) >= NET_BATCH:
         release_nets()
 
 
 def release_nets() -> None:
     """Let go of the held network namespaces (the kernel tears them down in one batch)."""
-    if _dead_nets_pid != os.getpid():
-        return
-    while _dead_nets:
-        os.close(_dead_nets.pop())
+    dead = here().dead_nets
+    while dead:
+        os.close(dead.pop())
 
 
 class WarmInit:
@@ -107,8 +107,7 @@ class WarmInit:
 
     @property
     def join_flags(self) -> int:
-        flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
-        return flags | sc.CLONE_NEWNET if self.network == "none" else flags
+        return plans.namespace_flags(self.network)
 
     def kill(self) -> None:
         """Kill init, and with it every process of the container (idempotent)."""
@@ -122,7 +121,7 @@ class WarmInit:
 
     def pid_namespace_for_next_fork(self):
         """This thread's next fork is born in the container's pid namespace."""
-        return namespaces.pid_namespace_for_next_fork(join=self.pidfd)
+        return pid_namespace_for_next_fork(join=self.pidfd)
 
 
 class _Pool:
@@ -133,11 +132,11 @@ class _Pool:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         code = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
-                "from pytest_isolate.runtime.zygote import main; main()")
+                "from pytest_isolate.runtime.warm.zygote import main; main()")
         # -I -S: no user site, no .pth files, no PYTHON* variables: the runtime needs only the
         # standard library, and the zygote starts faster without them. It is pid 1 of a pid
         # namespace of its own: whatever way it dies, every container it built dies with it.
-        with namespaces.pid_namespace_for_next_fork():
+        with pid_namespace_for_next_fork():
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", code, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, cwd="/")
@@ -148,8 +147,8 @@ class _Pool:
         self.ready: tuple[str, int, WarmInit | SetupError] | None = None  # answered early
 
     def _ask(self, network: str, chores: dict | None = None) -> None:
-        self.asked_at = rootfs.mount_generation()
-        self.sock.send(_request(network, chores))
+        self.asked_at = mountinfo.mount_generation()
+        self.sock.send(protocol.zygote_request(network, chores))
         self.pending = network
         self.on_chores = None
 
@@ -217,7 +216,7 @@ class _Pool:
             if self.pending is not None or self.ready is not None:
                 shape, asked_at, warm = self._answer()
                 # A host mount made since the ask may be missing from the one built ahead.
-                if shape != network or asked_at != rootfs.mount_generation():
+                if shape != network or asked_at != mountinfo.mount_generation():
                     warm.kill()
                     warm = None
             if warm is None:
@@ -244,72 +243,49 @@ class _Pool:
         # A workload still running (a container started and not waited for) holds it, until
         # that workload is reaped: then the next shutdown, or our exit, reaps the zygote.
         # Waiting on here could hang.
-        _closed.append(self.proc)
+        here().closed.append(self.proc)
         _reap_closed(timeout=1)
-
-
-_exiting: list[int] = []  # settled workloads, still exiting: reaped by reap_exiting
-_exiting_pid = os.getpid()  # the process whose children they are
 
 
 def defer_reap(pid: int) -> None:
     """Reap this settled workload later (`reap_exiting`): exiting a forked copy of a big
     caller (unmapping its memory) takes milliseconds, which then overlap the caller's work."""
-    global _exiting, _exiting_pid
-    if _exiting_pid != os.getpid():  # a forked child: the list is its parent's
-        _exiting, _exiting_pid = [], os.getpid()
-    _exiting.append(pid)
+    here().exiting.append(pid)
 
 
 def reap_exiting(block: bool = False) -> None:
     """Reap deferred workloads that have exited (all of them, with `block`). Safe from several
     threads: a pid leaves the list only once it is reaped."""
-    if _exiting_pid != os.getpid():
-        return
-    for pid in list(_exiting):
+    exiting = here().exiting
+    for pid in list(exiting):
         try:
             done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
         except ChildProcessError:  # reaped already (another thread, or a waitpid(-1))
             done = pid
         if done:
             with contextlib.suppress(ValueError):
-                _exiting.remove(pid)
-
-
-_pool: _Pool | None = None
-_pool_lock = threading.Lock()
-_pool_pid = os.getpid()  # the process that _pool, _pool_lock and _closed belong to
-_closed: list[subprocess.Popen] = []  # zygotes told to exit, not reaped yet
+                exiting.remove(pid)
 
 
 def _reap_closed(timeout: float) -> None:
-    for proc in list(_closed):
+    closed = here().closed  # zygotes told to exit, not reaped yet
+    for proc in list(closed):
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()  # in case it is stuck in a build; it may also wait for a reap of ours
         else:
-            _closed.remove(proc)
-
-
-def _own_lock() -> threading.Lock:
-    """The module's lock, after forgetting a parent's zygote in a forked child (whose lock may
-    have been held by another thread at the fork). Checked at use, not in an at-fork handler:
-    a handler runs in every forked child, each test's included, and the three this package
-    had cost a test's child 144 page faults (about 0.5 ms) before its first line ran. The
-    child keeps the parent's socket open (close-on-exec) until it exits, unused."""
-    global _pool, _pool_lock, _pool_pid, _closed
-    if _pool_pid != os.getpid():
-        _pool, _pool_lock, _pool_pid, _closed = None, threading.Lock(), os.getpid(), []
-    return _pool_lock
+            closed.remove(proc)
 
 
 def _get_pool() -> _Pool:
-    global _pool
-    with _own_lock():
-        if _pool is None:
-            _pool = _Pool()
-        return _pool
+    """This process's zygote (a forked child's is its own: the parent's socket stays open,
+    close-on-exec, unused until it exits)."""
+    local = here()
+    with local.pool_lock:
+        if local.pool is None:
+            local.pool = _Pool()
+        return local.pool
 
 
 def prepare(network: str = "none") -> None:
@@ -332,60 +308,56 @@ def ask_next(network: str, chores: dict | None = None,
     (see zygote.py), whose outcome reaches `on_chores` at a later take or `settle`. `plan`,
     instead: a function giving (chores, on_chores), called when the ask goes out (a held ask
     is planned at release_asks, off the path to the fork it was made beside)."""
-    if _held is not None and _held_pid == os.getpid():
-        _held.append((network, chores, on_chores, plan))
+    held = here().held
+    if held is not None:
+        held.append((network, chores, on_chores, plan))
         return
     if plan is not None:
         chores, on_chores = plan()
     _get_pool().ask(network, chores, on_chores)
 
 
-_held: list[tuple] | None = None  # asks held back by hold_asks
-_held_pid = 0
-
-
 def hold_asks() -> None:
     """Keep the next asks until release_asks: the caller wants the other CPU for a moment
     (a test started while the one before is still being reported, in the plugin's runner)."""
-    global _held, _held_pid
-    if _held is None:
-        _held, _held_pid = [], os.getpid()
+    local = here()
+    if local.held is None:
+        local.held = []
 
 
 def release_asks() -> None:
-    global _held
-    held, _held = _held, None
-    if held is not None and _held_pid == os.getpid():
-        for args in held:
-            ask_next(*args)
-
-
-def _request(network: str, chores: dict | None) -> bytes:
-    request: dict = {"network": network}
-    if chores is not None:
-        request["chores"] = chores
-    return json.dumps(request).encode()
+    local = here()
+    held, local.held = local.held, None
+    for args in held or ():
+        ask_next(*args)
 
 
 def settle() -> None:
     """Get the answer to chores in flight now (cgroups/spares.py's flush)."""
-    with _own_lock():
-        pool = _pool
+    local = here()
+    with local.pool_lock:
+        pool = local.pool
     if pool is not None:
         pool.settle()
 
 
 def shutdown() -> None:
     """Stop the zygote (and with it every container it built) and reap it."""
-    global _pool, _held
-    _held = None
-    with _own_lock():
-        pool, _pool = _pool, None
+    local = here()
+    local.held = None
+    with local.pool_lock:
+        pool, local.pool = local.pool, None
     if pool is not None:
         pool.close()
     else:
         _reap_closed(timeout=1)
     release_nets()  # after close(), which kills the container built ahead
+
+
+def pool_process() -> subprocess.Popen | None:
+    """This process's zygote, if it has one (for tests and diagnostics)."""
+    pool = here().pool
+    return None if pool is None else pool.proc
 
 
 def _at_exit() -> None:

@@ -5,6 +5,10 @@ where names are short) and its owner holds an flock on `<state dir>/<pid>.lock` 
 it lives. A lock that can be taken belongs to a dead run: `cleanup_stale` removes what that run
 left and each new run calls it once. Containers themselves leave nothing on the host: their
 mounts live and die in their own mount namespace.
+
+A leaf: the modules that leave things on the host are named in CLEANERS (imported only when a
+cleanup runs, so that a dead run's links are found without this process importing pyroute2
+first); each has `stale_owners() -> set[pid]` and `remove_stale(pid) -> [what it removed]`.
 """
 
 from __future__ import annotations
@@ -12,15 +16,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import importlib
 import os
-from collections.abc import Callable
+
+from ..local import here
 
 PREFIX = "pti"
-
-_lock_fd: int | None = None
-_lock_pid: int | None = None
-# Functions that remove what a dead owner left: each takes the owner's pid, returns what it removed.
-_cleaners: list[Callable[[int], list[str]]] = []
+CLEANERS = ("pytest_isolate.runtime.cgroups", "pytest_isolate.runtime.network.leases",
+            "pytest_isolate.runtime.network.topology")
 
 
 def state_dir() -> str:
@@ -32,27 +35,26 @@ def state_dir() -> str:
     return f"/tmp/pytest-isolate-{os.geteuid()}"
 
 
-def register_cleaner(fn: Callable[[int], list[str]]) -> None:
-    if fn not in _cleaners:
-        _cleaners.append(fn)
-
-
 def ensure_owner_lock() -> str:
     """Take this process's owner lock (once per process; again after a fork)."""
-    global _lock_fd, _lock_pid
-    if _lock_fd is not None and _lock_pid == os.getpid():
-        return os.path.join(state_dir(), f"{_lock_pid}.lock")
+    local = here()
+    if local.owner_lock is not None:
+        return local.owner_lock[1]
     d = state_dir()
     os.makedirs(d, mode=0o700, exist_ok=True)
-    first = _lock_pid is None
     path = os.path.join(d, f"{os.getpid()}.lock")
     fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
-    _lock_fd, _lock_pid = fd, os.getpid()
+    local.owner_lock = (fd, path)
     atexit.register(_release, path, os.getpid())
-    if first:
+    global _cleaned
+    if not _cleaned:  # once per run: a forked child's lock is its own, the sweep its parent's
+        _cleaned = True
         cleanup_stale()
     return path
+
+
+_cleaned = False
 
 
 def _release(path: str, pid: int) -> None:
@@ -101,17 +103,14 @@ def cleanup_stale() -> list[str]:
         for name in os.listdir(d):
             if name.endswith(".lock") and name[:-5].isdigit():
                 owners.add(int(name[:-5]))
-    from .cgroups import remove_stale, stale_owner_pids
-    from .network import leases, topology  # no pyroute2 unless a dead run left a link
-
-    for cleaner in (remove_stale, leases.remove_stale, topology.remove_stale_links):
-        register_cleaner(cleaner)
-    owners |= stale_owner_pids() | set(leases.leases().values()) | topology.stale_link_owners()
+    cleaners = [importlib.import_module(name) for name in CLEANERS]
+    for cleaner in cleaners:
+        owners |= cleaner.stale_owners()
     for pid in sorted(owners):
         if pid == os.getpid() or owner_alive(pid):
             continue
-        for clean in _cleaners:
-            removed += clean(pid)
+        for cleaner in cleaners:
+            removed += cleaner.remove_stale(pid)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(d, f"{pid}.lock"))
     return removed

@@ -1,7 +1,7 @@
 """Namespace steps: enter a user namespace, unshare the rest, time offsets, hostname, lo up.
 
 Rule: step functions take explicit arguments, raise SetupError, and never call each other;
-`container.py` decides the order.
+plan.py decides the order, setup.py runs them.
 """
 
 from __future__ import annotations
@@ -10,20 +10,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from . import syscalls as sc
-from .errors import SetupError, hint_for
-
-TYPE_CHECKING = False  # the zygote imports this module: spec.py (dataclasses) is not needed
-if TYPE_CHECKING:
-    from .spec import Spec
-
-
-def namespace_flags(spec: Spec) -> int:
-    """The namespaces pid 1 lives in (user and time are handled by their own steps)."""
-    flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
-    if spec.network == "none":  # "veth" joins a namespace made ready by the parent
-        flags |= sc.CLONE_NEWNET
-    return flags
+from .. import syscalls as sc
+from ..errors import SetupError, hint_for
 
 
 def join_network_namespace(fd: int | None) -> None:
