@@ -77,7 +77,7 @@ def test_no_import_circles():
 
     def visit(mod: str, path: tuple[str, ...]) -> None:
         if mod in path:
-            cycle = path[path.index(mod):] + (mod,)
+            cycle = (*path[path.index(mod):], mod)
             raise AssertionError(" -> ".join(cycle))
         if mod in done:
             return
