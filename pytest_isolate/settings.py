@@ -93,7 +93,8 @@ def add_options(parser: pytest.Parser) -> None:
     for arg in DEFAULTABLE:
         group.addoption(f"--isolate-{arg}", default=None, dest=f"isolate_{arg}",
                         metavar=arg.upper(), help=f"default {arg} for isolated tests: "
-                                                  f"{MARKER_ARGS[arg]}")
+                        # argparse formats help with %: "30% of one CPU" broke --help
+                                                  f"{MARKER_ARGS[arg]}".replace("%", "%%"))
     group.addoption("--isolate-keep", choices=KEEP, default=None, dest="isolate_keep",
                     help="keep each container's written files (its upper layer) and print "
                          "where: never (default), failed, always")

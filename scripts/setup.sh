@@ -10,12 +10,13 @@ if command -v apt-get >/dev/null; then
   $SUDO apt-get update -qq
   # util-linux: setpriv/unshare; bubblewrap: the benchmark baseline; busybox-static: test images;
   # user-mode-linux + kmod: the cgroup v2 lane and its modules; python3-venv: the rootless
-  # interpreter.
+  # interpreter; graphviz: the docs' pictures (dot).
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    util-linux bubblewrap busybox-static user-mode-linux kmod python3-venv iproute2 >/dev/null
+    util-linux bubblewrap busybox-static user-mode-linux kmod python3-venv iproute2 \
+    graphviz >/dev/null
 fi
 
-python -m pip install -q --disable-pip-version-check -e '.[test]'
+python -m pip install -q --disable-pip-version-check -e '.[test,docs,dev]'
 
 # pyenv's Python lives under /root (mode 700): `nobody` needs one it can read.
 if [ "$(id -u)" = 0 ]; then
