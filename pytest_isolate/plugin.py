@@ -109,7 +109,11 @@ def _prepare_warm(options: settings.Options) -> None:
     """Start the zygote and the first warm container now, so that they are ready when the
     first isolated test starts (a fresh interpreter takes 0.1-0.2 s to start)."""
     if sys.platform != "linux" or os.geteuid() != 0:
-        return  # warm containers are for root (runtime/warm.py)
+        return  # warm containers are for root (runtime/warm/)
+    from .runtime.syscalls import host_root
+
+    if not host_root():
+        return  # root confined in a container of ours: nested containers are rootless
     chosen = options.defaults.get("network")
     net = chosen.value if chosen is not None else "none"
     if net in ("none", "host"):

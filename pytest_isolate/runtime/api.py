@@ -120,7 +120,8 @@ def _launch_warm(spec: Spec, caps: tuple, workload_factory, child_stdio, sleep: 
     # The next container builds while this one runs; with it the zygote makes the next one's
     # cgroup and removes ended ones (after the claim: it plans for the next).
     warm.ask_next(spec.network, plan=lambda: spares.chores(*caps, like=cgroup))
-    steps = plans.warm_steps(spec.network, spec.hostname, init.hostname, capped)
+    steps = plans.warm_steps(spec.network, spec.hostname, init.hostname, capped,
+                             plans.confinement_of(spec))
     started = launch.launch(
         cgroup, workload_factory, child_stdio, init.pid_namespace_for_next_fork,
         lambda ends, work: child.warm_stage(steps, ends, init.pidfd, work, joins),

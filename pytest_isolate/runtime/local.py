@@ -41,5 +41,13 @@ def here() -> Local:
     """This process's state (a new one in a forked child, keeping only the fd registry)."""
     global _local
     if _local.pid != os.getpid():
-        _local = Local(_local.open_fds)
+        old, _local = _local, Local(_local.open_fds)
+        if old.pool is not None:
+            # The parent's socket to its zygote, which builds containers and writes cgroup
+            # files as root: no child keeps a way to ask it (closed through the object, so
+            # that its collection later closes nothing else).
+            try:
+                old.pool.sock.close()
+            except Exception:
+                pass
     return _local

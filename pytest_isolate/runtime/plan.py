@@ -5,8 +5,9 @@ setup. `build_plan` returns a `Plan` of `Step`s that setup.run_steps executes, f
 and exec'd processes alike; a new confinement step is one more Step here (and one kernel
 function in setup.KERNEL), and every kind of container gets it. Plans are cached per shape.
 
-Imports only syscalls (flag values): the zygote imports this module (no dataclasses: they pull
-in inspect, 15 ms in a fresh interpreter).
+Imports only syscalls (flag values), and confine.policy (pure) when a spec is planned: the
+zygote imports this module (no dataclasses: they pull in inspect, 15 ms in a fresh
+interpreter).
 """
 
 from __future__ import annotations
@@ -60,16 +61,18 @@ class Plan:
            namespace and the workload's fork wait until the root is built
     flags  the namespaces init lives in (the zygote clones a sleeper with them)
     build  the part of `init` after the namespaces: what the zygote runs around a sleeper
+    workload  what the workload runs last, once the container is built: its confinement
     """
 
-    __slots__ = ("build", "flags", "init", "outer")
+    __slots__ = ("build", "flags", "init", "outer", "workload")
 
     def __init__(self, outer: tuple[Step, ...], init: tuple[Step, ...], flags: int,
-                 build: tuple[Step, ...]) -> None:
+                 build: tuple[Step, ...], workload: tuple[Step, ...] = ()) -> None:
         self.outer = outer
         self.init = init
         self.flags = flags
         self.build = build
+        self.workload = workload
 
 
 def namespace_flags(network: str) -> int:
@@ -96,7 +99,7 @@ def build_plan(network: str = "none", hostname: str = "isolated", userns: bool =
                layers: tuple[str, ...] = (), mounts: tuple[tuple[str, str], ...] = (),
                keep_dir: str | None = None, time_offsets: tuple[float, float] | None = None,
                placed_by_write: bool = False, proc_pidns: str | None = None,
-               veth: bool = False) -> Plan:
+               veth: bool = False, confinement: object = None) -> Plan:
     """The plan of one container shape.
 
     layers: an image's lower directories (bottom first); empty for the host tree.
@@ -104,9 +107,10 @@ def build_plan(network: str = "none", hostname: str = "isolated", userns: bool =
     the cgroup namespace (rooted where the process is) waits until it is placed.
     proc_pidns: proc's pidns= option (the zygote mounts /proc for a sleeper's namespace).
     veth: join the network namespace the caller prepared (network="veth").
+    confinement: a confine.policy.Confinement the workload applies last (None: none).
     """
     key = (network, hostname, userns, layers, mounts, keep_dir, time_offsets,
-           placed_by_write, proc_pidns, veth)
+           placed_by_write, proc_pidns, veth, confinement)
     plan = _cache.get(key)
     if plan is None:
         plan = _cache[key] = _build(*key)
@@ -116,7 +120,7 @@ def build_plan(network: str = "none", hostname: str = "isolated", userns: bool =
 def _build(network: str, hostname: str, userns: bool, layers: tuple[str, ...],
            mounts: tuple[tuple[str, str], ...], keep_dir: str | None,
            time_offsets: tuple[float, float] | None, placed_by_write: bool,
-           proc_pidns: str | None, veth: bool) -> Plan:
+           proc_pidns: str | None, veth: bool, confinement: object) -> Plan:
     flags = namespace_flags(network)
     join_net = (Step("join network namespace", "network namespace"),) if veth else ()
     if userns:
@@ -152,7 +156,20 @@ def _build(network: str, hostname: str, userns: bool, layers: tuple[str, ...],
         # The workload is forked before the mounts: its fork and copy-on-write faults overlap
         # them on another CPU; pivot_root moves its root and cwd along.
         init = (*spaces, fork, *root)
-    return Plan(outer, init, flags, root)
+    return Plan(outer, init, flags, root, confine_steps(confinement))
+
+
+def confine_steps(confinement: object) -> tuple[Step, ...]:
+    """The workload's last step before user code: no_new_privs, capabilities, seccomp."""
+    return () if confinement is None else (Step("confine", "workload", confinement),)
+
+
+def confinement_of(spec):
+    """A validated spec's confine.policy.Confinement."""
+    from .confine import policy
+
+    return policy.confinement(spec.seccomp, spec.privileged, tuple(spec.cap_add),
+                              tuple(spec.cap_drop), own_netns=spec.network != "host")
 
 
 def plan_for(spec, placed_by_write: bool = False) -> Plan:
@@ -163,7 +180,8 @@ def plan_for(spec, placed_by_write: bool = False) -> Plan:
         layers=tuple(spec.layers) or ((spec.rootfs,) if spec.rootfs else ()),
         mounts=tuple(dict(spec.mounts).items()), keep_dir=spec.keep_dir,
         time_offsets=None if offsets is None else (offsets.monotonic, offsets.boottime),
-        placed_by_write=placed_by_write, veth=spec.network == "veth")
+        placed_by_write=placed_by_write, veth=spec.network == "veth",
+        confinement=confinement_of(spec))
 
 
 EXEC_NAMESPACES = ("mnt", "uts", "ipc", "net", "cgroup", "pid")
@@ -177,8 +195,8 @@ def join_steps(userns: bool, only: tuple[str, ...] = EXEC_NAMESPACES) -> tuple[S
                  if name in only or (name == "user" and userns))
 
 
-def warm_steps(network: str, hostname: str, init_hostname: str, capped: bool
-               ) -> tuple[Step, ...]:
+def warm_steps(network: str, hostname: str, init_hostname: str, capped: bool,
+               confinement: object = None) -> tuple[Step, ...]:
     """A warm container's workload: join init's namespaces with one setns(pidfd) call; capped,
     a cgroup namespace of its own once placed (rooted at its cgroup: /proc/self/cgroup shows
     "/"; init's is rooted at the caller's, where an uncapped workload stays)."""
@@ -188,4 +206,4 @@ def warm_steps(network: str, hostname: str, init_hostname: str, capped: bool
         steps += (Step(WAIT_PLACED, "cgroup"), _unshare(sc.CLONE_NEWCGROUP))
     if hostname != init_hostname:  # else init's name is already the one
         steps += (Step("hostname", hostname, hostname),)
-    return steps
+    return steps + confine_steps(confinement)

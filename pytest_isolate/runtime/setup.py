@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from . import syscalls as sc
 from .errors import SetupError
-from .kernel import namespaces, rootfs
+from .kernel import confine, namespaces, rootfs
 from .plan import FORK_WORKLOAD, WAIT_PLACED, Step
 
 
@@ -82,6 +82,7 @@ KERNEL: dict[str, Callable[..., None]] = {
     "hostname": lambda ctx, name: namespaces.set_hostname(name),
     "loopback": lambda ctx: namespaces.bring_up_loopback(),
     "join container": _join_container,
+    "confine": lambda ctx, confinement: confine.confine(confinement),
     "setns": lambda ctx, name: sc.setns(ctx.ns_fds[name], 0),
     FORK_WORKLOAD: _hook(FORK_WORKLOAD),
     WAIT_PLACED: _hook(WAIT_PLACED),

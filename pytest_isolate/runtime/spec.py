@@ -94,12 +94,46 @@ class Spec:
     # An empty directory (not on the root filesystem, e.g. under /dev/shm) that receives the
     # upper layers, so what the container wrote can be inspected after it ends.
     keep_dir: str | None = None
+    # Confinement of the workload (docs/explanation/security.md). seccomp: "default" (Docker's
+    # profile: the denied calls fail with EPERM), "off", a list of syscall names denied
+    # besides, or {"deny": [...], "action": "errno" | "kill", "profile": "default" | "off"}.
+    seccomp: object = "default"
+    privileged: bool = False  # full host root: no capability dropped, no seccomp filter
+    cap_add: tuple[str, ...] = ()  # capabilities kept besides the default set, e.g. "MKNOD"
+    cap_drop: tuple[str, ...] = ()  # capabilities of the default set dropped too
 
     def wants_userns(self) -> bool:
-        return self.userns if self.userns is not None else os.geteuid() != 0
+        """A user namespace: asked for, or by default when this process is not host root
+        (a user, or root confined in one of our containers)."""
+        if self.userns is not None:
+            return self.userns
+        from .syscalls import host_root
+
+        return not host_root()
 
 
 # --- checks: each takes the spec and returns the normalised field value or raises ----------
+
+
+def _check_confinement(spec: Spec) -> dict:
+    from .confine import policy
+
+    changes: dict[str, Any] = {}
+    if not isinstance(spec.privileged, bool):
+        raise SpecError("privileged", spec.privileged, "True or False")
+    try:
+        policy.parse_seccomp(spec.seccomp)
+    except ValueError as e:
+        raise SpecError("seccomp", spec.seccomp, str(e)) from None
+    for name in ("cap_add", "cap_drop"):
+        value = getattr(spec, name)
+        try:
+            caps = policy.check_capabilities(value, name)
+        except ValueError as e:
+            raise SpecError(name, value, str(e)) from None
+        if caps != value:
+            changes[name] = caps
+    return changes
 
 def _check_hostname(spec: Spec) -> dict:
     h = spec.hostname
@@ -230,7 +264,7 @@ def _check_keep_dir(spec: Spec) -> dict:
 
 CHECKS: tuple[Callable[[Spec], dict], ...] = (
     _check_hostname, _check_network, _check_rootfs, _check_env, _check_mounts, _check_workdir,
-    _check_resources, _check_time_offsets, _check_keep_dir,
+    _check_resources, _check_time_offsets, _check_keep_dir, _check_confinement,
 )
 
 

@@ -63,6 +63,35 @@ _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
 _libc.syscall.restype = ctypes.c_long
+_libc.capget.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+CAP_SYS_ADMIN = 21
+
+
+def libc() -> ctypes.CDLL:
+    """The C library, for the few calls a kernel step makes itself (capget, capset)."""
+    return _libc
+
+
+def effective_capabilities() -> int:
+    """This thread's effective capability mask (capget: no /proc read)."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()
+    if _libc.capget(header, data) != 0:
+        raise _fail("capget")
+    return data[0] | data[3] << 32
+
+
+def host_root() -> bool:
+    """Root with CAP_SYS_ADMIN over the host's namespaces: may build containers without a
+    user namespace. False for a user, and for root confined in a container of ours (which
+    builds nested containers rootless, in a user namespace of their own)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        return bool(effective_capabilities() >> CAP_SYS_ADMIN & 1)
+    except OSError:
+        return True
 
 
 def _enc(s: str | bytes | None) -> bytes | None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from .. import syscalls as sc
 from ..errors import SetupError, hint_for
+from ..local import here
 
 
 def join_network_namespace(fd: int | None) -> None:
@@ -58,6 +59,8 @@ def pid_namespace_for_next_fork(join: int | None = None) -> Iterator[None]:
     so other threads are unaffected; it is restored right after the fork.
     """
     own = os.open("/proc/thread-self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC)
+    fds = here().open_fds
+    fds.add(own)  # the host's pid namespace: the forked child closes it (launch.close_foreign)
     try:
         try:
             if join is None:
@@ -72,6 +75,7 @@ def pid_namespace_for_next_fork(join: int | None = None) -> Iterator[None]:
         finally:
             sc.setns(own, sc.CLONE_NEWPID)
     finally:
+        fds.discard(own)
         os.close(own)
 
 

@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .. import syscalls as sc
 from ..errors import SetupError, SpecError, UnsupportedError
 from ..host.state import PREFIX, ensure_owner_lock, owner_alive
 from . import leases
@@ -117,7 +118,7 @@ class _Undo:
 
 
 def _want_pod(rootless: bool | None) -> bool:
-    return os.geteuid() != 0 if rootless is None else rootless
+    return not sc.host_root() if rootless is None else rootless
 
 
 class VethPair(_Undo):
@@ -282,7 +283,7 @@ class HostLink(_Undo):
 
     def __init__(self) -> None:
         super().__init__()
-        if os.geteuid() != 0:
+        if not sc.host_root():
             raise UnsupportedError(
                 "network='veth'", "a veth link to the host's network namespace needs root "
                 "there, and without root a container's namespaces belong to its own user "

@@ -128,7 +128,7 @@ def init_stage(plan: plans.Plan, ends: ChildEnds, workload, joins: list[str],
     forked: list[int] = []
 
     def fork_workload() -> None:
-        forked.append(_fork_workload(workload, ends, forward, go_r, go_w))
+        forked.append(_fork_workload(workload, ends, forward, go_r, go_w, plan.workload))
 
     hooks = {plans.FORK_WORKLOAD: fork_workload,
              plans.WAIT_PLACED: lambda: wait_placed(ends.place_r)}
@@ -140,7 +140,8 @@ def init_stage(plan: plans.Plan, ends: ChildEnds, workload, joins: list[str],
     os._exit(pid1.exit_code_for(status))
 
 
-def _fork_workload(workload, ends: ChildEnds, forward, go_r: int, go_w: int) -> int:
+def _fork_workload(workload, ends: ChildEnds, forward, go_r: int, go_w: int,
+                   steps: tuple[plans.Step, ...]) -> int:
     pid = os.fork()
     if pid == 0:
         forward.restore()
@@ -152,6 +153,11 @@ def _fork_workload(workload, ends: ChildEnds, forward, go_r: int, go_w: int) -> 
             go = os.read(go_r, 1)
             os.close(go_r)
             if go != b"g":  # init failed to build the container and reported why
+                os._exit(SETUP_FAILED)
+            try:
+                run_steps(steps, Context())  # the confinement, last before user code
+            except SetupError as e:
+                protocol.write_frame(result_w, e.to_frame())
                 os._exit(SETUP_FAILED)
             return workload(result_w)
 
@@ -167,8 +173,7 @@ def warm_stage(steps: tuple[plans.Step, ...], ends: ChildEnds, pidfd: int, workl
     def body() -> None:
         join_self(joins)  # while the host's /sys/fs/cgroup is still in view
         hooks = {plans.WAIT_PLACED: lambda: wait_placed(ends.place_r)}
-        run_steps(steps, Context(pidfd=pidfd, hooks=hooks))
-        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        run_steps(steps, Context(pidfd=pidfd, hooks=hooks))  # ends with the confinement
         run_workload(workload, ends.result_w)
     in_child(ends.result_w, "warm container start", body)
 

@@ -68,7 +68,9 @@ def _hold_net(pidfd: int) -> None:
         return
     dead = here().dead_nets  # a forked child's copies are not its own to batch
     try:
-        dead.append(fcntl.ioctl(pidfd, sc.PIDFD_GET_NET_NAMESPACE, 0))
+        fd = fcntl.ioctl(pidfd, sc.PIDFD_GET_NET_NAMESPACE, 0)
+        dead.append(fd)
+        here().open_fds.add(fd)  # a test's process does not inherit it (launch.close_foreign)
     except OSError as e:
         if e.errno in (errno.ENOTTY, errno.EINVAL):  # before Linux 6.11
             _can_hold_nets = False
@@ -81,7 +83,9 @@ def release_nets() -> None:
     """Let go of the held network namespaces (the kernel tears them down in one batch)."""
     dead = here().dead_nets
     while dead:
-        os.close(dead.pop())
+        fd = dead.pop()
+        here().open_fds.discard(fd)
+        os.close(fd)
 
 
 class WarmInit:
