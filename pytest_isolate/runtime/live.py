@@ -78,6 +78,7 @@ class Container:
         self.init_pid = self._find_init()
         self._userns = spec.wants_userns()
         self._join = plans.join_steps(self._userns)
+        self._confine = plans.confine_steps(plans.confinement_of(spec))
         self._ns: dict[str, int] = {}
         try:
             for name in (step.target for step in self._join):
@@ -152,7 +153,9 @@ class Container:
                 join_self(joins)  # before the setns: the host's cgroup tree is in view here
                 if not placed and os.read(place_r, 1) != b"p":
                     return  # the caller could not place it (and raises why): run nothing
-                run_steps(self._join, Context(ns_fds=self._ns))
+                # joined, then confined as the container's own workload is (its programs
+                # inherit the capabilities and the filter)
+                run_steps(self._join + self._confine, Context(ns_fds=self._ns))
                 code = helper(argv, env, workdir, stdio, err_w, body)
             except BaseException as e:
                 with contextlib.suppress(OSError):

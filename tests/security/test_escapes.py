@@ -218,3 +218,13 @@ def test_a_deny_list_gives_eperm_and_the_kill_action_kills():
     assert inside(sock, spec=Spec(seccomp={"deny": ["socket"]})) == errno.EPERM
     result = run(Spec(seccomp={"deny": ["socket"], "action": "kill"}), sock)
     assert result.signal == signal.SIGSYS and not result.ok
+
+
+def test_a_program_execd_into_a_live_container_is_confined_too():
+    from pytest_isolate.runtime.live import Container
+
+    with Container(Spec()) as c:
+        status = c.run(["cat", "/proc/self/status"]).stdout.decode()
+    fields = dict(line.split(":\t", 1) for line in status.splitlines())
+    assert not int(fields["CapEff"], 16) >> 21 & 1  # no SYS_ADMIN
+    assert fields["Seccomp"].strip() == "2" and fields["NoNewPrivs"].strip() == "1"
