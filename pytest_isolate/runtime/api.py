@@ -8,6 +8,7 @@ plan.py's; this module only picks the path and the stage.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -45,8 +46,6 @@ def resolve_image(spec: Spec) -> tuple[Spec, Any]:
 def default_workdir(spec: Spec) -> str:
     if spec.workdir:
         return spec.workdir
-    import os
-
     return "/" if spec.rootfs or spec.layers else os.getcwd()
 
 
