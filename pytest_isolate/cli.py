@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +40,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 workdir=args.workdir or (spec_image.workdir if spec_image else None),
                 layers=spec_image.layers if spec_image else (),
                 resources=Resources(cpu=args.cpu, memory=args.memory, pids=args.pids,
-                                    timeout=args.timeout))
+                                    timeout=args.timeout),
+                seccomp=_seccomp(args.seccomp, args.seccomp_action),
+                privileged=args.privileged, cap_add=_names(args.cap_add),
+                cap_drop=_names(args.cap_drop))
     proc = start_command(spec, argv)  # stdin/stdout/stderr pass straight through
     try:
         result = proc.communicate()
@@ -50,9 +54,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if result.timed_out:
         print(f"pytest-isolate run: timeout {args.timeout}s exceeded: every process of the "
               "container was killed", file=sys.stderr)
+    if result.signal == signal.SIGSYS:
+        print("pytest-isolate run: killed by seccomp (SIGSYS): the program made a call the "
+              "container's filter denies with --seccomp-action=kill", file=sys.stderr)
     if result.signal is not None:
         return 128 + result.signal
     return result.returncode
+
+
+def _seccomp(value: str, action: str) -> object:
+    """--seccomp default|off|NAME,... and --seccomp-action, as Spec.seccomp takes them."""
+    if value in ("default", "off") and action == "errno":
+        return value
+    if value in ("default", "off"):
+        return {"profile": value, "action": action}
+    return {"deny": _names([value]), "action": action}
+
+
+def _names(values: list[str] | None) -> tuple[str, ...]:
+    """Repeated or comma-separated names: --cap-add SYS_PTRACE,NET_ADMIN --cap-add MKNOD."""
+    return tuple(n.strip() for v in values or () for n in v.split(",") if n.strip())
 
 
 def format_stats(result) -> str:
@@ -62,7 +83,8 @@ def format_stats(result) -> str:
         f"{s.throttled_seconds:.3f}s in {s.throttled_periods} periods"
     hits = [name for name, hit in (("oom-kill", result.oom_killed),
                                    ("pids", result.pids_limited),
-                                   ("timeout", result.timed_out)) if hit]
+                                   ("timeout", result.timed_out),
+                                   ("seccomp", result.signal == signal.SIGSYS)) if hit]
     return (f"stats: cpu {cpu}, throttled {thr}, memory peak {format_size(s.memory_peak)}, "
             f"caps hit: {', '.join(hits) or 'none'}")
 
@@ -113,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--memory", help="bytes or a size like 64M")
     r.add_argument("--pids", type=int, help="most processes at once")
     r.add_argument("--timeout", type=float, help="seconds; then every process is killed")
+    r.add_argument("--seccomp", default="default", metavar="PROFILE",
+                   help="default (the calls Docker's default profile denies fail with "
+                        "EPERM), off, or NAME[,NAME...]: these calls denied besides")
+    r.add_argument("--seccomp-action", default="errno", choices=("errno", "kill"),
+                   help="what a denied call gets: EPERM (default), or SIGSYS, which kills")
+    r.add_argument("--privileged", action="store_true",
+                   help="full host root: every capability, no seccomp filter")
+    r.add_argument("--cap-add", action="append", metavar="CAP",
+                   help="capabilities kept besides the default set (repeat, or CAP,CAP)")
+    r.add_argument("--cap-drop", action="append", metavar="CAP",
+                   help="capabilities of the default set dropped too")
     r.add_argument("--stats", action="store_true",
                    help="print CPU time, throttling, peak memory and cap hits to stderr")
     r.add_argument("command", nargs=argparse.REMAINDER)
@@ -129,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except SpecError as e:
-        print(f"pytest-isolate {args.cmd}: --{e.field}: {e}", file=sys.stderr)
+        print(f"pytest-isolate {args.cmd}: --{e.field.replace('_', '-')}: {e}", file=sys.stderr)
         return 2
     except SetupError as e:
         print(f"pytest-isolate {args.cmd}: {e}", file=sys.stderr)

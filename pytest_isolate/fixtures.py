@@ -7,7 +7,7 @@ is gone when its test ends, whatever the outcome.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -97,16 +97,20 @@ class Containers:
               memory: int | str | None = None, pids: int | None = None,
               timeout: float | None = None, network: str = "none",
               hostname: str = "isolated", env: dict[str, str] | None = None,
-              mounts: dict[str, str] | None = None, workdir: str | None = None):
+              mounts: dict[str, str] | None = None, workdir: str | None = None,
+              seccomp: object = "default", privileged: bool = False,
+              cap_add: Sequence[str] = (), cap_drop: Sequence[str] = ()):
         """A running container (see `pytest_isolate.runtime.live.Container`). `image`: a
         directory, `docker export` tarball, OCI layout or `docker save` archive (None: the
-        host root, copy-on-write); `mounts`: {host path: path inside}, read-only."""
+        host root, copy-on-write); `mounts`: {host path: path inside}, read-only;
+        `seccomp`, `privileged`, `cap_add`, `cap_drop`: its confinement, as the marker's."""
         from .runtime.live import Container
         from .runtime.spec import Resources
 
         spec = Spec(image=image, hostname=hostname, network=network, env=dict(env or {}),
                     workdir=workdir, mounts=dict(mounts or {}),
-                    resources=Resources(cpu=cpu, memory=memory, pids=pids, timeout=timeout))
+                    resources=Resources(cpu=cpu, memory=memory, pids=pids, timeout=timeout),
+                    seccomp=seccomp, privileged=privileged, cap_add=cap_add, cap_drop=cap_drop)
         container = Container(spec)
         self.started.append(container)
         return container

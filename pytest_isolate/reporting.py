@@ -6,6 +6,7 @@ Rule: pure formatting from `Result`, `Spec` and reports; no processes, no kernel
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 import pytest
@@ -37,9 +38,33 @@ def caps_text(spec: Spec) -> str:
     return ",".join(parts) or "-"
 
 
+def killed_by_seccomp(result: Result) -> bool:
+    return result.seccomp_denied is not None or result.signal == signal.SIGSYS
+
+
+def confinement_text(spec: Spec) -> str:
+    """How the test was confined: "default", "privileged", or what differs from the default."""
+    if spec.privileged:
+        return "privileged"
+    parts = []
+    if spec.seccomp != "default":
+        parts.append(f"seccomp={spec.seccomp!r}")
+    if spec.cap_add:
+        parts.append("cap_add=" + "+".join(spec.cap_add))
+    if spec.cap_drop:
+        parts.append("cap_drop=" + "+".join(spec.cap_drop))
+    return ",".join(parts) or "default"
+
+
+PRIVILEGED_NOTE = ("this test ran as full host root (privileged=True): every capability and "
+                   "no seccomp filter, so it could change the host's kernel, clock, disks and "
+                   "processes")
+
+
 def cap_hits(result: Result) -> list[str]:
     return [name for name, hit in (("oom", result.oom_killed), ("pids", result.pids_limited),
-                                   ("timeout", result.timed_out)) if hit]
+                                   ("timeout", result.timed_out),
+                                   ("seccomp", killed_by_seccomp(result))) if hit]
 
 
 def death_reason(result: Result, spec: Spec, when: str) -> str:
@@ -53,6 +78,12 @@ def death_reason(result: Result, spec: Spec, when: str) -> str:
                      f"reached (peak {format_size(s.memory_peak)})")
     if result.pids_limited:
         lines.append(f"pids cap {r.pids} reached: fork failed")
+    if killed_by_seccomp(result):
+        call = (f"syscall {result.seccomp_denied}" if result.seccomp_denied
+                else "a system call (SIGSYS)")
+        lines.append(f"killed by seccomp: {call} denied (the container's seccomp filter, "
+                     "action kill; allow the call with seccomp='off' or a profile without "
+                     "it, or use action 'errno' to get EPERM instead)")
     if not lines:
         if result.signal is not None:
             lines.append(f"crashed with {signal_name(result.signal)}")
@@ -83,7 +114,8 @@ def hit_note(result: Result, spec: Spec) -> str | None:
 def properties(result: Result, spec: Spec) -> list[tuple[str, object]]:
     """The figures as user properties (JUnit XML shows them; xdist carries them)."""
     s = result.stats
-    props: list[tuple[str, object]] = [(PROP + "caps", caps_text(spec))]
+    props: list[tuple[str, object]] = [(PROP + "caps", caps_text(spec)),
+                                       (PROP + "confinement", confinement_text(spec))]
     if s.cpu_seconds is not None:
         props.append((PROP + "cpu_seconds", round(s.cpu_seconds, 6)))
     if s.throttled_seconds is not None:

@@ -371,6 +371,8 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
         props = reporting.properties(result, spec)
         for rep in reports.values():
             rep.user_properties.extend(props)
+            if spec.privileged:  # said first wherever a failure of it is shown
+                rep.sections.insert(0, ("pytest-isolate: privileged", reporting.PRIVILEGED_NOTE))
     ihook.pytest_runtest_logreport(report=reports["teardown"])
     pp.drop_request(item)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)

@@ -35,7 +35,15 @@ MARKER_ARGS: dict[str, str] = {
     "hostname": "the container's hostname (default: isolated)",
     "env": "a dict of environment variables added inside",
     "rootfs": "a directory to use as the root filesystem instead of the host's",
+    "seccomp": '"default" (the calls Docker\'s default profile denies fail with EPERM), '
+               '"off", a list of more calls to deny, or {"deny": [...], "action": "errno" '
+               '| "kill", "profile": "default" | "off"}',
+    "privileged": "True: the test runs as full host root (every capability, no seccomp "
+                  "filter), and its report says so",
+    "cap_add": "capabilities kept besides the default set, e.g. ['SYS_PTRACE']",
+    "cap_drop": "capabilities of the default set dropped too, e.g. ['NET_RAW']",
 }
+CONFINEMENT_ARGS = ("seccomp", "privileged", "cap_add", "cap_drop")
 RESOURCE_ARGS = ("cpu", "memory", "pids", "timeout")
 # arguments that have --isolate-X options and isolate_X ini keys
 DEFAULTABLE = ("cpu", "memory", "pids", "timeout", "network")
@@ -82,6 +90,7 @@ class ItemSettings:
         res = self.spec.resources
         shown = [f"{k}={getattr(res, k)!r}" for k in RESOURCE_ARGS if getattr(res, k) is not None]
         shown.append(f"network={self.spec.network!r}")
+        shown += [f"{k}={getattr(self.spec, k)!r}" for k in CONFINEMENT_ARGS if k in self.sources]
         return ", ".join(shown)
 
 
@@ -245,7 +254,7 @@ def _build(item: pytest.Item, options: Options, marked: dict[str, Setting]) -> I
         chosen[arg] = Setting(value, setting.source)
     resources = Resources(**{k: chosen[k].value for k in RESOURCE_ARGS if k in chosen})
     spec = replace(Spec(), resources=resources,
-                   **{k: chosen[k].value for k in ("network", "hostname", "env", "rootfs")
-                      if k in chosen})
+                   **{k: chosen[k].value for k in ("network", "hostname", "env", "rootfs",
+                                                   *CONFINEMENT_ARGS) if k in chosen})
     sources = {k: chosen[k].source for k in chosen}
     return ItemSettings(spec=spec, sources=sources)

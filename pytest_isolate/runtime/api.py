@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import plan as plans
+from . import setup
 from .cgroups import NoCgroup, spares
 from .errors import SpecError
 from .handle import ContainerProcess, release_link
@@ -86,6 +87,7 @@ def _launch_cold(spec: Spec, caps: tuple, workload_factory, child_stdio, link, s
     cgroup = spares.claim(*caps)
     undo.callback(cgroup.destroy)
     joins = cgroup.self_join_files()
+    setup.prepare(plans.confine_steps(plans.confinement_of(spec)))  # once, not in each child
     netns_fd = link.fd if link else None
     if netns_fd is not None:
         launch.hold_fd(netns_fd)  # other containers' children close it
@@ -121,6 +123,7 @@ def _launch_warm(spec: Spec, caps: tuple, workload_factory, child_stdio, sleep: 
     warm.ask_next(spec.network, plan=lambda: spares.chores(*caps, like=cgroup))
     steps = plans.warm_steps(spec.network, spec.hostname, init.hostname, capped,
                              plans.confinement_of(spec))
+    setup.prepare(steps)
     started = launch.launch(
         cgroup, workload_factory, child_stdio, init.pid_namespace_for_next_fork,
         lambda ends, work: child.warm_stage(steps, ends, init.pidfd, work, joins),

@@ -36,7 +36,7 @@ from .process import protocol
 from .process.exec import Process, communicate, helper
 from .process.launch import close_all_but
 from .result import CommandResult, Result, Stats, WorkloadError, WorkloadFailed
-from .setup import Context, run_steps
+from .setup import Context, prepare, run_steps
 from .spec import Spec, validate
 
 READY_TIMEOUT = 30.0
@@ -79,6 +79,7 @@ class Container:
         self._userns = spec.wants_userns()
         self._join = plans.join_steps(self._userns)
         self._confine = plans.confine_steps(plans.confinement_of(spec))
+        prepare(self._confine)
         self._ns: dict[str, int] = {}
         try:
             for name in (step.target for step in self._join):

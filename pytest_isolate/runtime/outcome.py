@@ -45,9 +45,14 @@ def function_result(frames: dict, status: int, direct: bool, timed_out: bool,
     elif protocol.RAISE in frames:
         f = frames[protocol.RAISE]
         error = WorkloadError(f["type"], f["message"], f["traceback"])
+    denied = None
+    if protocol.SECCOMP in frames:
+        f = frames[protocol.SECCOMP]
+        denied = f"{f['name']} ({f['nr']})"
     return Result(value=value, error=error, exit_status=exit_status, signal=sig,
                   timed_out=timed_out, returned=returned, stats=stats,
-                  oom_killed=stats.oom_kills > 0, pids_limited=stats.pids_max_hits > 0)
+                  oom_killed=stats.oom_kills > 0, pids_limited=stats.pids_max_hits > 0,
+                  seccomp_denied=denied)
 
 
 def command_result(argv: tuple[str, ...], frames: dict, status: int, direct: bool,

@@ -6,6 +6,8 @@ changes; results are cached.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import functools
 import os
 from collections.abc import Callable
@@ -148,13 +150,49 @@ def probe_cgroups() -> list[Feature]:
     return out
 
 
-def probe_misc() -> list[Feature]:
-    out = []
-    seccomp = read("/proc/sys/kernel/seccomp/actions_avail")
-    out.append(Feature("seccomp", seccomp is not None, "filter available" if seccomp else
-                       "missing", "" if seccomp else "a kernel with CONFIG_SECCOMP_FILTER"))
-    out += probe_network()
+def probe_confinement() -> list[Feature]:
+    """The default confinement applied for real in a child, the seccomp actions it uses, and
+    whether root could have a user namespace instead (Spec(userns=True))."""
+    from .confine import policy
+    from .kernel import confine
+
+    machine = os.uname().machine
+    conf = policy.confinement("default", own_netns=True)
+    clock = policy.syscall_table(machine).get("clock_settime")
+
+    def body() -> None:
+        _enter_userns_if_needed()  # where a rootless workload is confined
+        confine.confine(conf)
+        if clock is not None:
+            bad = (ctypes.c_long * 2)(0, -1)  # invalid: let through, it would be EINVAL
+            if sc.libc().syscall(ctypes.c_long(clock), 0, bad) == 0 or \
+                    ctypes.get_errno() != errno.EPERM:
+                raise OSError(errno.EINVAL, "clock_settime was not denied")
+    if not conf.program:
+        out = [Feature("seccomp filter", False, f"no syscall table for {machine}",
+                       "x86_64 or aarch64; elsewhere only capabilities are dropped")]
+    else:
+        code = _in_child(body)
+        out = [Feature("seccomp filter", code == 0,
+                       f"default profile loaded, {len(conf.denied)} calls denied ({machine})"
+                       if code == 0 else _err(code), "" if code == 0 else
+                       "a kernel with CONFIG_SECCOMP_FILTER, or seccomp='off'")]
+    avail = (read("/proc/sys/kernel/seccomp/actions_avail") or "").split()
+    have = [a for a, kernel in (("errno", "errno"), ("kill", "trap")) if kernel in avail]
+    out.append(Feature("seccomp actions", len(have) == 2, ", ".join(have) or "none",
+                       "" if len(have) == 2 else "a kernel whose seccomp has errno and trap"))
+    if os.geteuid() == 0:
+        code = _in_child(lambda: sc.unshare(sc.CLONE_NEWUSER))
+        out.append(Feature("user namespace for root (userns=True)", code == 0,
+                           "available; by default root's containers drop capabilities "
+                           "instead" if code == 0 else _err(code),
+                           "" if code == 0 else "root's containers still drop capabilities "
+                           "and load the filter: nothing to fix for the default"))
     return out
+
+
+def probe_misc() -> list[Feature]:
+    return probe_confinement() + probe_network()
 
 
 def probe_network() -> list[Feature]:

@@ -51,6 +51,8 @@ class Result:
     pids_limited: bool = False
     stats: Stats = field(default_factory=Stats)
     returned: bool = False  # the function returned (value is meaningful)
+    # the call its seccomp filter denied with action "kill", e.g. "ptrace (101)"
+    seccomp_denied: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,7 +68,9 @@ class Result:
             parts.append("killed by the OOM killer")
         if self.pids_limited:
             parts.append("the pids cap was reached")
-        if self.error is not None:
+        if self.seccomp_denied is not None:
+            parts.append(f"killed by seccomp: syscall {self.seccomp_denied} denied")
+        elif self.error is not None:
             parts.append(f"raised {self.error.type}: {self.error.message}")
         elif self.signal is not None:
             parts.append(f"killed by {signal_name(self.signal)}")

@@ -26,19 +26,22 @@ class Context:
     pidfd        a warm init, joined by "join container"
     ns_fds       name -> fd of a running container's namespaces, joined by "setns"
     hooks        process-level steps (fork workload, wait placed) -> the stage's callbacks
+    report_fd    the workload's result pipe: "confine" reports a call denied with "kill"
     """
 
-    __slots__ = ("hooks", "host_layers", "netns_fd", "ns_fds", "pidfd", "root")
+    __slots__ = ("hooks", "host_layers", "netns_fd", "ns_fds", "pidfd", "report_fd", "root")
 
     def __init__(self, host_layers: tuple = (), netns_fd: int | None = None,
                  pidfd: int | None = None, ns_fds: Mapping[str, int] | None = None,
-                 hooks: Mapping[str, Callable[[], None]] | None = None) -> None:
+                 hooks: Mapping[str, Callable[[], None]] | None = None,
+                 report_fd: int | None = None) -> None:
         self.root = ""
         self.host_layers = host_layers
         self.netns_fd = netns_fd
         self.pidfd = pidfd
         self.ns_fds = ns_fds or {}
         self.hooks = hooks or {}
+        self.report_fd = report_fd
 
 
 def _scratch(ctx: Context, keep_dir: str | None) -> None:
@@ -82,7 +85,7 @@ KERNEL: dict[str, Callable[..., None]] = {
     "hostname": lambda ctx, name: namespaces.set_hostname(name),
     "loopback": lambda ctx: namespaces.bring_up_loopback(),
     "join container": _join_container,
-    "confine": lambda ctx, confinement: confine.confine(confinement),
+    "confine": lambda ctx, confinement: confine.confine(confinement, ctx.report_fd),
     "setns": lambda ctx, name: sc.setns(ctx.ns_fds[name], 0),
     FORK_WORKLOAD: _hook(FORK_WORKLOAD),
     WAIT_PLACED: _hook(WAIT_PLACED),
@@ -92,6 +95,14 @@ KERNEL: dict[str, Callable[..., None]] = {
 _STEP_HINTS = {
     "join container": "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold",
 }
+
+
+def prepare(steps: Iterable[Step]) -> None:
+    """Build in the caller, once, what the steps' children would otherwise each build
+    (the confinement's ctypes objects): call before forking."""
+    for step in steps:
+        if step.name == "confine":
+            confine.prepare(*step.args)
 
 
 def run_steps(steps: Iterable[Step], ctx: Context,

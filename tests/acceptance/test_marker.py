@@ -276,6 +276,11 @@ def test_unmarked_tests_of_each_session_get_that_sessions_settings(pytester, mon
     ("pids=0", "*isolated(pids=0)*expected a whole number >= 2*"),
     ('network="wifi"', "*isolated(network='wifi')*expected one of none, host*"),
     ("1", "*isolated(*args=(1,))*keyword arguments only*"),
+    ('cap_add=["SYS_PTRCE"]', "*isolated(cap_add=*SYS_PTRCE*) from marker on test_x: expected "
+                              "*'SYS_PTRCE' is not one (did you mean 'SYS_PTRACE'?)*"),
+    ('seccomp={"deny": ["ptrac"]}', "*isolated(seccomp={'deny': *ptrac*})*'ptrac' is not one "
+                                    "(did you mean 'ptrace'?)*"),
+    ('privileged="yes"', "*isolated(privileged='yes')*expected True or False*"),
 ])
 def test_bad_marker_values_fail_that_test_at_setup(pytester, marker, expected):
     result = run(pytester, f"""

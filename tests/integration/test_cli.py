@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+
+import pytest
+
+from pytest_isolate.runtime.confine.policy import syscall_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -60,9 +65,12 @@ def test_check_lists_every_probe_with_a_verdict():
     out = p.stdout.decode()
     for name in ("pid namespace", "pivot_root", "overlayfs in a user namespace", "cgroup mode",
                  "veth pairs between namespaces", "netem impairments", "time namespace",
-                 "seccomp"):
+                 "seccomp filter", "seccomp actions"):
         assert name in out
     assert "ok    veth pairs between namespaces" in out
+    # the default filter was loaded for real and denied clock_settime (EPERM, not EINVAL)
+    assert "ok    seccomp filter" in out and "ok    seccomp actions" in out, out
+    assert ("user namespace for root" in out) == (os.geteuid() == 0)
     assert "available" in out.splitlines()[-1]
     # How capped containers join their cgroup, as the kernel here allows (the CLI has 1 thread).
     from pytest_isolate.runtime.cgroups import _detect
@@ -70,6 +78,22 @@ def test_check_lists_every_probe_with_a_verdict():
     placement = next(line for line in out.splitlines() if "cgroup placement" in line)
     expected = "at birth (clone3" if _detect()[0] == "v2" else "the container moves itself"
     assert expected in placement, placement
+
+
+def test_run_takes_the_confinement_flags():
+    if "uname" not in syscall_table():
+        pytest.skip("no syscall table for this machine")
+    p = cli("run", "--seccomp", "uname", "--seccomp-action", "kill", "--", "uname")
+    assert p.returncode == 128 + signal.SIGSYS and b"killed by seccomp" in p.stderr, p
+    p = cli("run", "--cap-drop", "net_raw", "--cap-add", "CAP_SYS_PTRACE,MKNOD", "--",
+            "grep", "CapEff", "/proc/self/status")
+    eff = int(p.stdout.split()[1], 16)
+    assert eff >> 19 & 1 and eff >> 27 & 1 and not eff >> 13 & 1 and not eff >> 21 & 1
+    p = cli("run", "--cap-add", "SYS_PTRCE", "--", "true")
+    assert p.returncode == 2 and b"--cap-add" in p.stderr and b"SYS_PTRACE" in p.stderr
+    if os.geteuid() == 0:
+        p = cli("run", "--privileged", "--", "grep", "Seccomp:", "/proc/self/status")
+        assert p.stdout.split()[1] == b"0"
 
 
 def test_cleanup_runs_and_says_what_it_removed():

@@ -1,5 +1,5 @@
-"""The integration and acceptance batteries again, as user `nobody`: the rootless paths (user
-namespaces), the isolated marker included.
+"""The integration, acceptance and security batteries again, as user `nobody`: the rootless
+paths (user namespaces), the isolated marker included.
 
 Runs from root only. The unprivileged run needs an interpreter `nobody` can read (pyenv lives
 under /root, mode 700): scripts/setup.sh builds one from Debian's /usr/bin/python3.
@@ -28,6 +28,7 @@ ALLOWED_SKIPS = ("rootless: mounting a tmpfs on the host needs root",
                  "rootless: no writable cgroup here (cgroup v1 has no delegation to users)",
                  "rootless: a veth to the host needs root",
                  "rootless: warm containers (and so the zygote) are root's",
+                 "the battery's root half",
                  "netem impairments (delay, jitter, loss, duplicate, reorder, corrupt): this "
                  "kernel has no netem qdisc (module sch_netem, CONFIG_NET_SCH_NETEM)")
 
@@ -59,7 +60,7 @@ def test_integration_and_acceptance_pass_as_nobody():
             env["PYTEST_PLUGINS"] = "pytest_isolate.plugin"
         proc = subprocess.run(
             [*AS_NOBODY, ROOTLESS_PYTHON, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-             "tests/integration", "tests/acceptance", "--deselect",
+             "tests/integration", "tests/acceptance", "tests/security", "--deselect",
              "tests/integration/test_rootless_lane.py::test_integration_and_acceptance_pass_as_nobody"],
             cwd=work, env=env, capture_output=True, text=True, timeout=600)
     finally:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -182,6 +183,51 @@ def test_a_host_path_unix_socket_is_not_reached(tmp_path):
         srv.close()
 
 
+def test_a_host_abstract_unix_socket_is_not_reached():
+    import socket
+
+    name = f"\0pti-canary-{os.getpid()}"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(name)
+    srv.listen()
+    srv.setblocking(False)
+    try:
+        def attempt(n: str) -> int:
+            c = socket.socket(socket.AF_UNIX)
+            try:
+                c.connect(n)
+                return 0
+            except OSError as e:
+                return e.errno
+        assert inside(attempt, name) == errno.ECONNREFUSED  # another network namespace's
+        with pytest.raises(BlockingIOError):
+            srv.accept()
+    finally:
+        srv.close()
+
+
+@require_root
+def test_no_cgroup_release_agent_can_be_set():
+    agents = [p for p in ("/sys/fs/cgroup/memory/release_agent",
+                          "/sys/fs/cgroup/pids/release_agent") if os.path.exists(p)]
+    require(bool(agents), "no cgroup v1 hierarchy with a release_agent on this host")
+    before = {p: Path(p).read_text() for p in agents}
+
+    def attempt(paths: list[str]) -> list[int]:
+        out = [_errno_of("mount", b"cgroup", b"/tmp", b"cgroup", 0, b"memory")]
+        for p in paths:
+            try:
+                with open(p, "w") as f:
+                    f.write("/tmp/pti-agent")
+                out.append(0)
+            except OSError as e:
+                out.append(e.errno)
+        return out
+    errs = inside(attempt, agents)
+    assert errs[0] == errno.EPERM and all(errs[1:]), errs
+    assert {p: Path(p).read_text() for p in agents} == before
+
+
 def test_a_chroot_breakout_stays_in_the_container():
     def attempt() -> bool:
         with open("/pti-marker", "w") as f:
@@ -217,7 +263,24 @@ def test_a_deny_list_gives_eperm_and_the_kill_action_kills():
             return e.errno
     assert inside(sock, spec=Spec(seccomp={"deny": ["socket"]})) == errno.EPERM
     result = run(Spec(seccomp={"deny": ["socket"], "action": "kill"}), sock)
+    nr = syscall_table()["socket"]
     assert result.signal == signal.SIGSYS and not result.ok
+    assert result.seccomp_denied == f"socket ({nr})"
+    assert result.describe() == f"killed by seccomp: syscall socket ({nr}) denied"
+
+
+def test_the_kill_action_kills_only_the_process_that_made_the_call():
+    def child_tries() -> list:
+        import socket
+        pid = os.fork()
+        if pid == 0:
+            socket.socket()
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        return [os.WIFSIGNALED(status) and os.WTERMSIG(status)]
+    result = run(Spec(seccomp={"deny": ["socket"], "action": "kill"}), child_tries)
+    assert result.ok and result.value == [signal.SIGSYS]  # the workload lives, and says so
+    assert result.seccomp_denied is None
 
 
 def test_a_program_execd_into_a_live_container_is_confined_too():

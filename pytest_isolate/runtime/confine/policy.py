@@ -56,6 +56,7 @@ ACTIONS = ("errno", "kill")
 
 # linux/seccomp.h, linux/filter.h, linux/audit.h
 SECCOMP_RET_KILL_PROCESS = 0x80000000
+SECCOMP_RET_TRAP = 0x00030000
 SECCOMP_RET_ERRNO = 0x00050000
 SECCOMP_RET_ALLOW = 0x7FFF0000
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
@@ -86,10 +87,13 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
 
 def build_filter(deny: list[int], action: str, machine: str) -> bytes:
     """A classic BPF program: the wrong architecture (or x32) is killed, each denied number
-    gets EPERM (action "errno") or kills the process ("kill"), everything else is allowed."""
+    gets EPERM (action "errno") or SIGSYS ("kill": the trap, which the workload's handler
+    reports before the signal kills it), everything else is allowed. Only the number and the
+    architecture are read: the kernel then caches the allowed calls in a bitmap and runs no
+    filter for them."""
     arch = AUDIT_ARCH[machine]
     deny = sorted(set(deny))
-    ret = SECCOMP_RET_KILL_PROCESS if action == "kill" else SECCOMP_RET_ERRNO | 1  # EPERM
+    ret = SECCOMP_RET_TRAP if action == "kill" else SECCOMP_RET_ERRNO | 1  # EPERM
     prog = [_insn(_LD_W_ABS, 0, 0, _ARCH_OFFSET),
             _insn(_JEQ_K, 1, 0, arch),
             _insn(_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
@@ -108,21 +112,22 @@ class Confinement:
     """What kernel.confine applies in the workload: the capability mask it keeps (None: all,
     privileged) and the seccomp program (empty: none)."""
 
-    __slots__ = ("action", "caps", "denied", "program")
+    __slots__ = ("action", "caps", "denied", "numbers", "program")
 
     def __init__(self, caps: int | None, program: bytes, denied: tuple[str, ...],
-                 action: str) -> None:
+                 action: str, numbers: tuple[tuple[int, str], ...] = ()) -> None:
         self.caps = caps
         self.program = program
         self.denied = denied  # the syscall names the program denies, for reports
         self.action = action
+        self.numbers = numbers  # (number, name) of each denied call
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Confinement) and (self.caps, self.program) == (
-            other.caps, other.program)
+        return isinstance(other, Confinement) and (self.caps, self.program, self.action) == (
+            other.caps, other.program, other.action)
 
     def __hash__(self) -> int:
-        return hash((self.caps, self.program))
+        return hash((self.caps, self.program, self.action))
 
     def __repr__(self) -> str:
         return f"Confinement(caps={self.caps!r}, denied={len(self.denied)}, {self.action})"
@@ -160,7 +165,7 @@ def _confinement(seccomp, privileged, cap_add, cap_drop, own_netns, machine) -> 
     names += list(extra)
     denied = tuple(sorted({n for n in names if n in table}))
     return Confinement(caps, build_filter([table[n] for n in denied], action, machine),
-                       denied, action)
+                       denied, action, tuple((table[n], n) for n in denied))
 
 
 def parse_seccomp(value: object) -> tuple[str, tuple[str, ...], str]:

@@ -155,7 +155,8 @@ def _fork_workload(workload, ends: ChildEnds, forward, go_r: int, go_w: int,
             if go != b"g":  # init failed to build the container and reported why
                 os._exit(SETUP_FAILED)
             try:
-                run_steps(steps, Context())  # the confinement, last before user code
+                # the confinement, last before user code
+                run_steps(steps, Context(report_fd=result_w))
             except SetupError as e:
                 protocol.write_frame(result_w, e.to_frame())
                 os._exit(SETUP_FAILED)
@@ -173,7 +174,8 @@ def warm_stage(steps: tuple[plans.Step, ...], ends: ChildEnds, pidfd: int, workl
     def body() -> None:
         join_self(joins)  # while the host's /sys/fs/cgroup is still in view
         hooks = {plans.WAIT_PLACED: lambda: wait_placed(ends.place_r)}
-        run_steps(steps, Context(pidfd=pidfd, hooks=hooks))  # ends with the confinement
+        # ends with the confinement
+        run_steps(steps, Context(pidfd=pidfd, hooks=hooks, report_fd=ends.result_w))
         run_workload(workload, ends.result_w)
     in_child(ends.result_w, "warm container start", body)
 

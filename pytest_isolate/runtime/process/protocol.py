@@ -12,6 +12,8 @@ and their fields are defined here and nowhere else, and builders below make each
      exit        {status}                     pid 1: the workload's wait status
      setup_error {step, target, errno, message, hint}   a setup step failed (errors.SetupError)
      ready       {}                           a forked warm init is built (zygote.py)
+     seccomp     {nr, name}                   the workload made a call its filter denies with
+                                              action "kill", and dies of SIGSYS
 2. Zygote socket (SOCK_SEQPACKET, one datagram each way per container), caller <-> zygote:
      request {network: "none" | "host", chores?: {mkdir: [dir], write: [[file, value]],
               rmdir: [dir]}}
@@ -82,8 +84,8 @@ def read_all_frames(fd: int) -> list[dict]:
 
 # -- 1. result pipe ------------------------------------------------------------------------
 
-RETURN, RAISE, EXEC_ERROR, EXIT, SETUP_ERROR, READY = (
-    "return", "raise", "exec_error", "exit", "setup_error", "ready")
+RETURN, RAISE, EXEC_ERROR, EXIT, SETUP_ERROR, READY, SECCOMP = (
+    "return", "raise", "exec_error", "exit", "setup_error", "ready", "seccomp")
 # A function workload's last frame, and the exit code that follows it.
 LAST_WORDS = {RETURN: 0, RAISE: 1}
 
@@ -106,6 +108,10 @@ def exited(status: int) -> dict:
 
 def ready() -> dict:
     return {"t": READY}
+
+
+def seccomp_killed(nr: int, name: str) -> dict:
+    return {"t": SECCOMP, "nr": nr, "name": name}
 
 
 # -- 2. zygote socket ----------------------------------------------------------------------
