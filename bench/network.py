@@ -3,9 +3,12 @@
     python bench/network.py [--runs 100]
 
 Prints medians (ms) of:
-- VethPair() + close(): two namespaces, a veth created in place, addresses, lo up
+- VethPair() + close(): two namespaces, a veth created in place, IPv4 and IPv6 addresses, lo up
+- VethPair(ipv6=False) + close(): the same, IPv4 only
 - Network(3) + close(): a bridge namespace and three members
-- an impairment change on one end (netem where the kernel has it, else a tbf rate change)
+- an impairment change on one end (netem where the kernel has it, else a tbf rate change),
+  and a per-direction change (both ends, each its own)
+- partition() and heal() of a pair, each; a link down and up; an MTU change
 - run(Spec(network="veth"), noop) beside run(Spec(), noop): what a link to the host adds
 and, as baselines, the same pair built with pyroute2's IPRoute objects (the obvious way with
 the library) and with iproute2 commands (`ip netns add`, `ip link add ... netns`, as in the
@@ -99,11 +102,32 @@ def main() -> int:
         else:
             pair.a.impair(rate="100mbit" if change[0] else "200mbit")
 
+    def impair_each_way() -> None:
+        change[0] ^= 1
+        key = "delay" if netem else "rate"
+        one, two = ("1ms", "2ms") if netem else ("100mbit", "200mbit")
+        pair.impair(a_to_b={key: one if change[0] else two},
+                    b_to_a={key: two if change[0] else one})
+
+    def mtu_change() -> None:
+        change[0] ^= 1
+        pair.set_mtu(1400 if change[0] else 1500)
+
+    def link_bounce() -> None:
+        pair.link_down()
+        pair.link_up()
+
     rows = {
         "VethPair() + close()": pair_ours,
+        "VethPair(ipv6=False) + close()": lambda: VethPair(ipv6=False).close(),
         "baseline: pyroute2 IPRoute pair": pair_iproute,
         "Network(3) + close()": network3,
         f"impairment change ({'netem' if netem else 'tbf rate; no netem here'})": impair_change,
+        "impairment change, each way its own": impair_each_way,
+        "partition()": pair.partition,
+        "heal()": pair.heal,
+        "link_down() + link_up()": link_bounce,
+        "set_mtu() (both ends)": mtu_change,
         "run(Spec(), noop)": lambda: run(Spec(), noop).unwrap(),
         'run(Spec(network="veth"), noop)': lambda: run(Spec(network="veth"), noop).unwrap(),
     }

@@ -1,7 +1,8 @@
 """A small client with retries: the kind of code the network demo verifies against real links.
 
 `fetch(connect, request)` sends a request and reads the reply until the server closes; a
-timeout or a refused connection is retried with a doubling backoff, up to `attempts` times.
+timeout, a refused connection or an unreachable network (any socket error) is retried with a
+doubling backoff, up to `attempts` times.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def fetch(connect: Callable[[], socket.socket], request: bytes, attempts: int = 
                     if not data:
                         return b"".join(chunks), attempt
                     chunks.append(data)
-        except (TimeoutError, ConnectionError) as e:
+        except OSError as e:  # TimeoutError, ConnectionError, ENETUNREACH, ...
             errors.append(e)
             time.sleep(backoff * 2 ** (attempt - 1))
     raise GaveUp(errors)

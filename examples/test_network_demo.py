@@ -1,9 +1,9 @@
 """Network code verified against real links: `python -m pytest examples`.
 
-The `veth_pair` fixture gives two network namespaces joined by a veth link; tc shapes it.
-A bare rate (tbf) works on any kernel; loss and delay need netem (sch_netem), which the
-development kernel lacks: that test is skipped there, naming the module, and runs in the
-project's UML lane.
+The `veth_pair` fixture gives two network namespaces joined by a veth link; tc shapes it, and
+faults cut it (a partition that heals, a flapping link). A bare rate (tbf) and the faults work
+on any kernel; loss and delay need netem (sch_netem), which the development kernel lacks: that
+test is skipped there, naming the module, and runs in the project's UML lane.
 """
 
 import socket
@@ -58,10 +58,10 @@ def serve():
         srv.close()
 
 
-def connector(end, addr):
+def connector(end, addr, timeout: float = 1.0):
     def connect() -> socket.socket:
         s = end.socket()
-        s.settimeout(1.0)
+        s.settimeout(timeout)
         s.connect(addr)
         return s
     return connect
@@ -94,3 +94,26 @@ def test_the_client_gets_through_a_lossy_slow_link_by_retrying(veth_pair, serve)
     reply, attempts = fetch(connector(veth_pair.b, addr), b"GET", attempts=10, timeout=5.0)
     assert reply == PAYLOAD
     print(f"through 5% loss each way: {attempts} attempt(s)")
+
+
+def test_the_client_retries_through_a_partition_until_it_heals(veth_pair, serve):
+    addr = serve(veth_pair.a)
+    veth_pair.partition()  # both ways, the link stays: connects time out
+    healer = threading.Timer(0.4, veth_pair.heal)
+    healer.start()
+    try:
+        reply, attempts = fetch(connector(veth_pair.b, addr, timeout=0.2), b"GET",
+                                attempts=8, timeout=1.0)
+    finally:
+        healer.join()
+    assert reply == PAYLOAD and attempts > 1
+    print(f"through a partition healed after 0.4 s: {attempts} attempts")
+
+
+def test_the_client_gets_through_a_flapping_link_by_retrying(veth_pair, serve):
+    addr = serve(veth_pair.a)
+    with veth_pair.flap(seconds=1.0, period=0.2) as flap:  # down 0.1 s, up 0.1 s, ...
+        reply, attempts = fetch(connector(veth_pair.b, addr, timeout=0.2), b"GET",
+                                attempts=10, timeout=1.0)
+    assert reply == PAYLOAD
+    print(f"through a flapping link ({flap.flips} changes): {attempts} attempt(s)")

@@ -191,6 +191,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     from .fixtures import CONTAINERS_KEY
 
+    if report.failed and call.when == "call":
+        _attach_captures(item, report)
     started = item.stash.get(CONTAINERS_KEY, None)
     if started and report.failed and call.when == "call":
         for i, c in enumerate(started):
@@ -199,3 +201,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
                 report.sections.append((f"container {i} logs ({c.spec.image or 'host root'})",
                                         text))
     return report
+
+
+def _attach_captures(item: pytest.Item, report: pytest.TestReport) -> None:
+    """A failed test keeps its packet captures; its report names each, with a summary."""
+    from .fixtures import LINKS_KEY
+    from .runner import ACTIVE_KEY
+
+    inside = item.stash.get(ACTIVE_KEY, None) is not None
+    for links in item.stash.get(LINKS_KEY, ()):
+        for cap in links.captures:
+            packets = cap.stop()
+            cap.keep = True
+            if inside:  # the container's /tmp ends with it: the file travels with the report
+                with open(cap.path, "rb") as f:
+                    files = getattr(report, "isolate_files", [])
+                    files.append((cap.path, f.read()))
+                    report.isolate_files = files
+            lines = [f"{cap.path} ({len(packets)} packets)"]
+            lines += [f"  {p.time:.6f} {'>' if p.outgoing else '<'} {p.summary()}"
+                      for p in packets[:20]]
+            if len(packets) > 20:
+                lines.append(f"  ... {len(packets) - 20} more")
+            report.sections.append((f"packet capture {cap.end.name} {cap.end.ifname}",
+                                    "\n".join(lines)))

@@ -346,6 +346,7 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
             if frame["t"] == "report":
                 rep = config.hook.pytest_report_from_serializable(config=config,
                                                                   data=frame["data"])
+                _save_files(item, rep)
                 reports.setdefault(rep.when, rep)
             elif frame["t"] == "warning":
                 _reissue_warning(frame)
@@ -519,6 +520,25 @@ def _complete(item: pytest.Item, reports: dict[str, pytest.TestReport], result: 
     if note:
         target = reports.get("call") or reports["setup"]
         target.sections.append(("pytest-isolate: cap hit", note))
+
+
+def _save_files(item: pytest.Item, rep: pytest.TestReport) -> None:
+    """Files a failed test kept inside its container (packet captures), whose /tmp ends with
+    it: written to this test's capture directory here, and its report names them there."""
+    files = rep.__dict__.pop("isolate_files", None)
+    if not files:
+        return
+    from .fixtures import capture_dir
+
+    where = capture_dir(item)
+    for inner, data in files:
+        path = os.path.join(where, os.path.basename(inner))
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            path = f"{inner} (not written here: {e})"
+        rep.sections = [(title, text.replace(inner, path)) for title, text in rep.sections]
 
 
 def _test_frames(dump: str) -> str:

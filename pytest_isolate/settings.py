@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from .runtime.errors import SpecError
-from .runtime.network.leases import DEFAULT_POOL, set_pool
+from .runtime.network.leases import DEFAULT_POOL, DEFAULT_POOL6, set_pool, set_pool6
 from .runtime.spec import Resources, Spec, validate
 
 MODES = ("marked", "all", "off")
@@ -117,6 +117,8 @@ def add_options(parser: pytest.Parser) -> None:
                   default=None)
     parser.addini("isolate_subnet_pool", "IPv4 range that links' subnets are leased from "
                   f"(shared by xdist workers; default {DEFAULT_POOL})", default=None)
+    parser.addini("isolate_subnet6_pool", "IPv6 unique local range that gives each leased "
+                  f"IPv4 subnet its /64 (default {DEFAULT_POOL6})", default=None)
 
 
 def _check_value(arg: str, value: object) -> tuple[Any, str | None]:
@@ -184,6 +186,13 @@ def read_options(config: pytest.Config) -> Options:
             set_pool(str(pool))
         except SpecError as e:
             raise pytest.UsageError(f"ini isolate_subnet_pool = {pool!r}: expected "
+                                    f"{e.expected}") from None
+    pool6 = config.getini("isolate_subnet6_pool")
+    if pool6:
+        try:
+            set_pool6(str(pool6))
+        except SpecError as e:
+            raise pytest.UsageError(f"ini isolate_subnet6_pool = {pool6!r}: expected "
                                     f"{e.expected}") from None
     return Options(mode=_choice(config, "isolate_mode", None, MODES, "marked"),
                    keep=_choice(config, "isolate_keep", None, KEEP, "never"),

@@ -54,6 +54,8 @@ def _network_for(spec: Spec):
     """network="veth": the namespace with eth0 linked to the host, made before the fork (a
     link is created in place in 2-5 ms; moving one later costs 22-33 ms). Its addresses go
     into the container's environment."""
+    if not isinstance(spec.network, str):
+        return _on_network(spec)
     if spec.network != "veth":
         return spec, None
     from .network import HostLink  # imports pyroute2 (0.2 s): only when a link is asked for
@@ -61,6 +63,42 @@ def _network_for(spec: Spec):
     link = HostLink()
     env = {**spec.env, "PYTEST_ISOLATE_IP": link.ip, "PYTEST_ISOLATE_HOST_IP": link.host_ip}
     return replace(spec, env=env), link
+
+
+class _Joined:
+    """A network member's namespace as a container's link: held by a dup of its fd, which
+    the container's release closes; the member itself is its Network's."""
+
+    def __init__(self, end) -> None:
+        self.fd = os.dup(end.ns._fd())
+        self.ip, self.host_ip = end.ip, None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _on_network(spec: Spec) -> tuple[Spec, _Joined]:
+    """network=<a Network member>: the container joins the member's namespace (eth0 on the
+    bridge, its addresses and routes) and sees the network's names in /etc/hosts."""
+    end = spec.network
+    if spec.wants_userns() or end.ns.pod is not None:
+        from .errors import UnsupportedError
+
+        raise UnsupportedError(
+            "a container on a network", "without root a container has a user namespace of "
+            "its own, and the network's namespaces belong to another one (its pod), which no "
+            "other user namespace may join", "run as root; rootless, run the program in the "
+            "member itself (member.run([...]) or member.spawn([...]))")
+    link = _Joined(end)
+    mounts = dict(spec.mounts)
+    if end.ns.hosts_file:
+        mounts[end.ns.hosts_file] = "/etc/hosts"
+    env = {**spec.env, "PYTEST_ISOLATE_IP": end.ip}
+    if end.ip6:
+        env["PYTEST_ISOLATE_IP6"] = end.ip6
+    return replace(spec, network="veth", env=env, mounts=mounts), link
 
 
 def _launch(spec: Spec, workload_factory, child_stdio: dict[int, int | None],

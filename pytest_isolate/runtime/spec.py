@@ -147,8 +147,11 @@ def _check_hostname(spec: Spec) -> dict:
 
 
 def _check_network(spec: Spec) -> dict:
+    if hasattr(spec.network, "ns") and hasattr(spec.network, "ip"):
+        return {}  # a member of a network.Network (Network.attach()): joined, root only
     if spec.network not in NETWORK_MODES:
-        raise SpecError("network", spec.network, f"one of {', '.join(NETWORK_MODES)}")
+        raise SpecError("network", spec.network, f"one of {', '.join(NETWORK_MODES)}, or a "
+                        "member of a Network (net.attach())")
     return {}
 
 

@@ -14,7 +14,7 @@ def test_demo_suite_passes_and_shows_the_figures(caps_ok):
                            "-rx"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    assert "7 passed, 1 skipped, 3 xfailed" in out  # skipped: netem (runs in the UML lane)
+    assert "9 passed, 1 skipped, 3 xfailed" in out  # skipped: netem (runs in the UML lane)
     assert "isolated tests (pytest-isolate)" in out
     for test, hit in (("test_memory_hog_is_killed_by_the_oom_killer", "oom"),
                       ("test_fork_bomb_hits_the_pids_cap", "pids"),

@@ -88,3 +88,88 @@ def test_a_bad_subnet_pool_in_ini_is_a_usage_error(pytester):
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*ini isolate_subnet_pool = '10.0.0.0/33': expected an IPv4 "
                                  "network like 198.18.0.0/15*"])
+
+
+def test_a_failed_test_keeps_its_captures_and_its_report_names_them(pytester):
+    import glob
+    import tempfile
+
+    base = os.path.join(tempfile.gettempdir(), f"pytest-isolate-captures-{os.geteuid()}")
+    before = set(glob.glob(os.path.join(base, "*", "*.pcap")))
+    result = run(pytester, """
+        import socket, pytest
+
+        def talk(pair):
+            srv = pair.b.socket(); srv.bind((pair.b.ip, 0)); srv.listen()
+            c = pair.a.socket(); c.settimeout(2); c.connect(srv.getsockname()); c.close()
+
+        def test_fails(veth_pair):
+            veth_pair.capture("a")
+            talk(veth_pair)
+            assert 0, "look at the capture"
+
+        def test_passes(veth_pair):
+            veth_pair.capture("b")
+            talk(veth_pair)
+
+        @pytest.mark.isolated
+        def test_fails_inside_a_container(network):
+            net = network(2)
+            net.capture(0)
+            net.partition([0], [1])
+            c = net[0].socket(); c.settimeout(0.3)
+            c.connect((net[1].ip, 9))
+    """)
+    result.assert_outcomes(passed=1, failed=2)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(["*packet capture a eth0*", "*.pcap (* packets)*",
+                                 "*> TCP * > *[S]*", "*packet capture m0 eth0*"])
+    kept = [line.split()[0] for line in out.splitlines() if line.strip().endswith("packets)")
+            and ".pcap" in line]
+    assert len(kept) == 2 and all(os.path.exists(p) for p in kept), kept
+    left = set(glob.glob(os.path.join(base, "*", "*.pcap"))) - before
+    assert left == set(kept)  # the passing test's capture is gone
+    for p in kept:
+        os.unlink(p)
+        os.rmdir(os.path.dirname(p))
+    if not os.listdir(base):
+        os.rmdir(base)
+
+
+def test_a_container_and_a_namespace_on_one_bridge_talk_both_ways_by_name(pytester):
+    if not ROOT:
+        import pytest
+
+        pytest.skip("rootless: a container on a network needs root")
+    result = run(pytester, """
+        import socket, threading
+
+        def test_both_ways(network, containers):
+            net = network(1, names=["client"])
+            box = containers.start(network=net, hostname="box")
+            srv = net[0].socket(); srv.bind((net[0].ip, 0)); srv.listen()
+            port = srv.getsockname()[1]
+            def answer():
+                conn, _ = srv.accept()
+                with conn:
+                    conn.sendall(b"from client")
+            threading.Thread(target=answer, daemon=True).start()
+            code = ("import socket; s = socket.create_connection(('client', %d), 2); "
+                    "print(s.recv(32).decode())" % port)
+            assert box.run(["python3", "-c", code], check=True).stdout == b"from client\\n"
+            server = box.spawn(["python3", "-c",
+                                "import socket; s = socket.create_server(('', 8080)); "
+                                "c, _ = s.accept(); c.sendall(b'from box')"])
+            out = b""
+            for _ in range(50):  # until the server in the box listens
+                r = net[0].run(["python3", "-c", "import socket; print(socket.create_connection("
+                                "('box', 8080), 1).recv(16).decode())"])
+                if r.returncode == 0:
+                    out = r.stdout
+                    break
+                import time; time.sleep(0.05)
+            assert out == b"from box\\n"
+            assert net.address_of("box") == box.ip
+            server.wait(5)
+    """)
+    result.assert_outcomes(passed=1)

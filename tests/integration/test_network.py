@@ -19,7 +19,7 @@ import pytest
 from pytest_isolate.runtime import Spec, SpecError, UnsupportedError, run
 from pytest_isolate.runtime.host.state import cleanup_stale
 from pytest_isolate.runtime.network import Network, VethPair, leases
-from pytest_isolate.runtime.network.topology import host_link_name
+from pytest_isolate.runtime.network.hostlink import host_link_name
 from tests.conftest import net_fds, require_netem
 
 ROOT = os.geteuid() == 0

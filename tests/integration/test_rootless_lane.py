@@ -29,6 +29,7 @@ ALLOWED_SKIPS = ("rootless: mounting a tmpfs on the host needs root",
                  "rootless: a veth to the host needs root",
                  "rootless: warm containers (and so the zygote) are root's",
                  "the battery's root half",
+                 "rootless: a container on a network needs root",
                  "netem impairments (delay, jitter, loss, duplicate, reorder, corrupt): this "
                  "kernel has no netem qdisc (module sch_netem, CONFIG_NET_SCH_NETEM)")
 

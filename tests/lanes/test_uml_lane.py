@@ -19,7 +19,8 @@ DESELECT = ("tests/integration/test_container.py::"
 TESTS = ("tests/unit/test_cgroup_files.py", "tests/integration/test_caps.py",
          "tests/integration/test_birth_placement.py",
          "tests/integration/test_container.py", "tests/integration/test_nothing_left_behind.py",
-         "tests/integration/test_network.py", "tests/integration/test_live_containers.py",
+         "tests/integration/test_network.py", "tests/integration/test_network_faults.py",
+         "tests/integration/test_live_containers.py",
          "examples/test_network_demo.py")
 
 

@@ -36,10 +36,10 @@ def test_every_option_and_ini_key_is_documented_and_nothing_else():
     out = subprocess.run([sys.executable, "-m", "pytest", "--help", "-p", "no:cacheprovider"],
                          capture_output=True, text=True, cwd=REPO, check=True).stdout
     options = set(re.findall(r"(--isolate[a-z-]*)", out))
-    inis = set(re.findall(r"^  (isolate_[a-z_]+) \(", out, re.M))
+    inis = set(re.findall(r"^  (isolate_[a-z0-9_]+) \(", out, re.M))
     text = _section("plugin.md", "## Options and ini keys")
     documented = set(re.findall(r"`(--isolate[a-z-]*)", text))
-    documented_ini = set(re.findall(r"`(isolate_[a-z_]+)", text))
+    documented_ini = set(re.findall(r"`(isolate_[a-z0-9_]+)", text))
     assert documented == options
     assert documented_ini == inis
 

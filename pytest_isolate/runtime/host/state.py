@@ -23,12 +23,38 @@ from ..local import here
 
 PREFIX = "pti"
 CLEANERS = ("pytest_isolate.runtime.cgroups", "pytest_isolate.runtime.network.leases",
-            "pytest_isolate.runtime.network.topology")
+            "pytest_isolate.runtime.network.hostlink")
+
+
+_ROOT_DIR = "/run/pytest-isolate"
+_root_dir_ok: tuple[int, bool] = (0, False)  # (pid that checked, whether it may write there)
+
+
+def _may_write(d: str) -> bool:
+    """A file made and removed there for real (permission bits tell little in a user
+    namespace: on an overlay the directory may be ours while what is in it is not)."""
+    probe = os.path.join(d, f".probe-{os.getpid()}")
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+        path = os.path.join(d, f"{os.getpid()}.lock")  # the lock this process will take
+        if os.path.exists(path):
+            os.close(os.open(path, os.O_RDWR))
+        return True
+    except OSError:
+        return False
 
 
 def state_dir() -> str:
+    global _root_dir_ok
     if os.geteuid() == 0:
-        return "/run/pytest-isolate"
+        # Not when root only in a user namespace (a rootless container's, even one forked
+        # from root's pytest): the host's /run is not ours there; the per-user place below is.
+        if _root_dir_ok[0] != os.getpid():
+            _root_dir_ok = (os.getpid(), _may_write(_ROOT_DIR))
+        if _root_dir_ok[1]:
+            return _ROOT_DIR
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.access(base, os.W_OK):
         return os.path.join(base, "pytest-isolate")

@@ -26,6 +26,10 @@ from ..host.state import ensure_owner_lock, owner_alive, state_dir
 # RFC 2544 benchmarking range: never routed on the internet, rarely used on LANs.
 DEFAULT_POOL = "198.18.0.0/15"
 _pool = ipaddress.IPv4Network(DEFAULT_POOL)
+# IPv6 beside it: each leased IPv4 subnet has its own /64 of this ULA range, numbered by the
+# subnet's place in the IPv4 pool, so that the IPv4 lease makes the IPv6 one too.
+DEFAULT_POOL6 = "fd70:7469:7465::/48"
+_pool6 = ipaddress.IPv6Network(DEFAULT_POOL6)
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,23 @@ class Subnet:
     def prefixlen(self) -> int:
         return self.network.prefixlen
 
+    @property
+    def capacity(self) -> int:
+        """How many usable addresses it has."""
+        return self.network.num_addresses - 2
+
     def host(self, i: int) -> str:
         """The i-th usable address (0-based), as text."""
         return str(self.network.network_address + 1 + i)
+
+    @property
+    def network6(self) -> ipaddress.IPv6Network:
+        """This subnet's /64 of the IPv6 pool (see DEFAULT_POOL6)."""
+        return network6_for(self.network)
+
+    def host6(self, i: int) -> str:
+        """The i-th IPv6 address (0-based): the /64's ::1, ::2, ..."""
+        return str(self.network6.network_address + 1 + i)
 
     def __str__(self) -> str:
         return str(self.network)
@@ -54,6 +72,34 @@ def parse_pool(text: str) -> ipaddress.IPv4Network:
     if net.prefixlen > 30:
         raise SpecError("subnet pool", text, "a network of at least 4 addresses (/30 or wider)")
     return net
+
+
+def network6_for(net: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    offset = int(net.network_address) & ((1 << (32 - _pool.prefixlen)) - 1)
+    number = offset >> 2  # subnets are /30 or wider: every 4th address starts one
+    if number >> (64 - _pool6.prefixlen):
+        raise SpecError("subnet6 pool", str(_pool6), f"a range with room for a /64 for each "
+                        f"/30 of the IPv4 pool {_pool} (a /{64 - (30 - _pool.prefixlen)} "
+                        "or wider)")
+    return ipaddress.IPv6Network((int(_pool6.network_address) + (number << 64), 64))
+
+
+def parse_pool6(text: str) -> ipaddress.IPv6Network:
+    try:
+        net = ipaddress.IPv6Network(text.strip(), strict=True)
+    except ValueError as e:
+        raise SpecError("subnet6 pool", text, f"an IPv6 network like {DEFAULT_POOL6} ({e})"
+                        ) from None
+    if net.prefixlen > 64 or not net.subnet_of(ipaddress.IPv6Network("fc00::/7")):
+        raise SpecError("subnet6 pool", text, "a unique local (fc00::/7) range of /64 or wider, "
+                        f"like {DEFAULT_POOL6}")
+    return net
+
+
+def set_pool6(text: str) -> None:
+    """Use this IPv6 range from now on in this process (ini isolate_subnet6_pool)."""
+    global _pool6
+    _pool6 = parse_pool6(text)
 
 
 def set_pool(text: str) -> None:

@@ -16,15 +16,18 @@ import struct
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import (
     RTM_DELLINK,
+    RTM_DELNEIGH,
     RTM_DELQDISC,
     RTM_NEWADDR,
     RTM_NEWLINK,
+    RTM_NEWNEIGH,
     RTM_NEWQDISC,
     RTM_NEWROUTE,
     TC_H_ROOT,
 )
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from pyroute2.netlink.rtnl.tcmsg import plugins as tc_plugins
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
@@ -38,6 +41,11 @@ _RT_TABLE_MAIN = 254
 _RTPROT_STATIC = 4
 _RT_SCOPE_UNIVERSE = 0
 _RTN_UNICAST = 1
+_IFA_F_NODAD = 0x02
+_NUD_PERMANENT = 0x80
+# A locally administered unicast address no interface has: frames sent to it reach the other
+# side of the link and are dropped there as not its own (a partition without deleting links).
+NOWHERE_MAC = "02:70:74:69:00:00"
 
 NETEM_MISSING = UnsupportedError(
     "netem impairments (delay, jitter, loss, duplicate, reorder, corrupt)",
@@ -131,14 +139,54 @@ def delete_link(nl: Rtnl, ifname: str) -> None:
     nl.request(msg, RTM_DELLINK, 0, "delete link", ifname)
 
 
-def add_address(nl: Rtnl, ifname: str, address: str, prefixlen: int) -> None:
+def set_link(nl: Rtnl, ifname: str, up: bool | None = None, mtu: int | None = None) -> None:
+    """Set a link up or down (a veth's peer then loses its carrier too), and/or its MTU."""
+    msg = ifinfmsg()
+    msg["index"] = index_of(ifname)
+    if up is not None:
+        msg["flags"] = _IFF_UP if up else 0
+        msg["change"] = _IFF_UP
+    if mtu is not None:
+        msg["attrs"] = [("IFLA_MTU", mtu)]
+    what = ", ".join(x for x in ("up" if up else "down" if up is not None else "",
+                                 f"mtu {mtu}" if mtu is not None else "") if x)
+    nl.request(msg, RTM_NEWLINK, 0, "set link", f"{ifname} {what}")
+
+
+def add_address(nl: Rtnl, ifname: str, address: str, prefixlen: int,
+                replace: bool = False) -> None:
+    """An IPv4 or IPv6 address (IPv6 without duplicate address detection: usable at once)."""
     msg = ifaddrmsg()
-    msg["family"] = socket.AF_INET
+    v6 = ":" in address
+    msg["family"] = socket.AF_INET6 if v6 else socket.AF_INET
     msg["prefixlen"] = prefixlen
     msg["index"] = index_of(ifname)
     msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
-    nl.request(msg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, "add address",
-               f"{address}/{prefixlen} on {ifname}")
+    if v6:
+        msg["flags"] = _IFA_F_NODAD
+        msg["attrs"] = [("IFA_ADDRESS", address), ("IFA_FLAGS", _IFA_F_NODAD)]
+    nl.request(msg, RTM_NEWADDR, NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL),
+               "add address", f"{address}/{prefixlen} on {ifname}")
+
+
+def set_neighbour(nl: Rtnl, ifname: str, address: str, lladdr: str | None) -> None:
+    """A permanent neighbour entry for `address` (IPv4 or IPv6) on ifname, pointing at
+    `lladdr`; None deletes ours, and the kernel resolves the address again."""
+    msg = ndmsg()
+    msg["family"] = socket.AF_INET6 if ":" in address else socket.AF_INET
+    msg["ifindex"] = index_of(ifname)
+    msg["state"] = _NUD_PERMANENT
+    msg["attrs"] = [("NDA_DST", address)]
+    if lladdr is None:
+        try:
+            nl.request(msg, RTM_DELNEIGH, 0, "delete neighbour", f"{address} on {ifname}")
+        except SetupError as e:
+            if e.errno != _errno.ENOENT:
+                raise
+        return
+    msg["attrs"].append(("NDA_LLADDR", lladdr))
+    nl.request(msg, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, "set neighbour",
+               f"{address} -> {lladdr} on {ifname}")
 
 
 def add_default_route(nl: Rtnl, gateway: str) -> None:
@@ -150,6 +198,38 @@ def add_default_route(nl: Rtnl, gateway: str) -> None:
     msg["type"] = _RTN_UNICAST
     msg["attrs"] = [("RTA_GATEWAY", gateway)]
     nl.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, "add route", f"default via {gateway}")
+
+
+def add_route(nl: Rtnl, destination: str, prefixlen: int, gateway: str) -> None:
+    """A static route to destination/prefixlen (IPv4 or IPv6) via gateway."""
+    msg = rtmsg()
+    msg["family"] = socket.AF_INET6 if ":" in gateway else socket.AF_INET
+    msg["dst_len"] = prefixlen
+    msg["table"] = _RT_TABLE_MAIN
+    msg["proto"] = _RTPROT_STATIC
+    msg["scope"] = _RT_SCOPE_UNIVERSE
+    msg["type"] = _RTN_UNICAST
+    msg["attrs"] = [("RTA_DST", destination), ("RTA_GATEWAY", gateway)]
+    nl.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, "add route",
+               f"{destination}/{prefixlen} via {gateway}")
+
+
+def set_forwarding() -> None:
+    """Route between interfaces, IPv4 and IPv6, in the calling thread's network namespace."""
+    for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
+        try:
+            with open(path, "w") as f:
+                f.write("1")
+        except FileNotFoundError:  # no IPv6 in this kernel
+            continue
+        except OSError as e:
+            if e.errno in (_errno.EROFS, _errno.EACCES, _errno.EPERM):
+                raise UnsupportedError(
+                    "a router between networks here", f"{path} is read-only: IP forwarding "
+                    "is a sysctl, and an isolated test's /proc/sys is read-only (the default "
+                    "confinement)", "build routed networks in a test that is not isolated"
+                ) from None
+            raise SetupError("forwarding", path, e.errno, str(e)) from None
 
 
 def _qdisc_msg(index: int, kind: str | None = None, params: dict | None = None):

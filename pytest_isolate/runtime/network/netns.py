@@ -163,6 +163,8 @@ class NetNamespace:
         self.fd: int | None = fd
         self.pod = pod
         self.name = name
+        # a network member's: bound over /etc/hosts for the programs run inside (routing.py)
+        self.hosts_file: str | None = None
 
     # -- entering ------------------------------------------------------------------------
 
@@ -209,11 +211,16 @@ class NetNamespace:
 
     def _preexec(self) -> Callable[[], None]:
         fd, pod_fd = self._fd(), (self.pod.fd if self.pod else None)
+        hosts = self.hosts_file
 
         def enter() -> None:
             if pod_fd is not None:
                 sc.setns(pod_fd, sc.CLONE_NEWUSER)
             sc.setns(fd, sc.CLONE_NEWNET)
+            if hosts is not None:  # the members' names, in a mount namespace of its own
+                sc.unshare(sc.CLONE_NEWNS)
+                sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+                sc.mount(hosts, "/etc/hosts", None, sc.MS_BIND)
         return enter
 
     def spawn(self, argv: Sequence[str], **popen: Any) -> subprocess.Popen:
@@ -244,6 +251,19 @@ class NetNamespace:
         return f"<NetNamespace {self.name!r} {state}{' rootless' if self.pod else ''}>"
 
 
+def _no_dad() -> None:
+    """No duplicate address detection on this namespace's interfaces to come: no one else is
+    on our links, and a link-local address that is still tentative (1-2 s) keeps a router
+    from resolving its next hop. Per namespace: the thread's, as /proc/sys/net is."""
+    try:
+        with open("/proc/sys/net/ipv6/conf/default/accept_dad", "w") as f:
+            f.write("0")
+    except FileNotFoundError:  # a kernel without IPv6
+        pass
+    except OSError:  # read-only /proc/sys (inside an isolated test): addresses wait out DAD
+        pass
+
+
 def create(names: Sequence[str], pod: Pod | None = None) -> list[NetNamespace]:
     """New namespaces, each with lo up; made in the pod when one is given."""
     def make() -> tuple[Any, list[int]]:
@@ -254,6 +274,7 @@ def create(names: Sequence[str], pod: Pod | None = None) -> list[NetNamespace]:
                 fds.append(fd)
                 with entered(fd):
                     sc.set_link_up("lo")
+                    _no_dad()
         except BaseException:
             for fd in fds:
                 os.close(fd)

@@ -14,7 +14,7 @@ ver=$(uname -r)
 # The read-only root has no /lib/modules/<uml version>: give modprobe a root of its own.
 mkdir -p "/run/pti-mods/lib/modules/$ver"
 mount --bind "/usr/lib/uml/modules/$ver" "/run/pti-mods/lib/modules/$ver"
-for m in overlay veth bridge sch_netem sch_tbf; do modprobe -d /run/pti-mods "$m"; done
+for m in overlay veth bridge sch_netem sch_tbf ipv6; do modprobe -d /run/pti-mods "$m"; done
 shared=$(sed -n 's/.*pti_shared=\([^ ]*\).*/\1/p' /proc/cmdline)
 mkdir -p /run/pti-shared
 mount -t hostfs -o "$shared" hostfs /run/pti-shared
