@@ -9,6 +9,8 @@ Prints medians (ms) of:
 - an impairment change on one end (netem where the kernel has it, else a tbf rate change),
   and a per-direction change (both ends, each its own)
 - partition() and heal() of a pair, each; a link down and up; an MTU change
+- the same impairment change, partition and heal on a rootless pair (a pod: the calls go to
+  its agent), and a socket made in a namespace of each
 - run(Spec(network="veth"), noop) beside run(Spec(), noop): what a link to the host adds
 and, as baselines, the same pair built with pyroute2's IPRoute objects (the obvious way with
 the library) and with iproute2 commands (`ip netns add`, `ip link add ... netns`, as in the
@@ -117,6 +119,18 @@ def main() -> int:
         pair.link_down()
         pair.link_up()
 
+    pod_pair = VethPair(rootless=True)
+
+    def pod_impair() -> None:
+        change[0] ^= 1
+        pod_pair.a.impair(rate="100mbit" if change[0] else "200mbit")
+
+    def pod_socket() -> None:
+        pod_pair.a.socket().close()
+
+    def root_socket() -> None:
+        pair.a.socket().close()
+
     rows = {
         "VethPair() + close()": pair_ours,
         "VethPair(ipv6=False) + close()": lambda: VethPair(ipv6=False).close(),
@@ -128,6 +142,11 @@ def main() -> int:
         "heal()": pair.heal,
         "link_down() + link_up()": link_bounce,
         "set_mtu() (both ends)": mtu_change,
+        "a socket in a namespace": root_socket,
+        "rootless pair: impairment change (tbf rate)": pod_impair,
+        "rootless pair: partition()": pod_pair.partition,
+        "rootless pair: heal()": pod_pair.heal,
+        "rootless pair: a socket in a namespace": pod_socket,
         "run(Spec(), noop)": lambda: run(Spec(), noop).unwrap(),
         'run(Spec(network="veth"), noop)': lambda: run(Spec(network="veth"), noop).unwrap(),
     }
@@ -151,6 +170,8 @@ def main() -> int:
     finally:
         with contextlib.suppress(Exception):
             pair.close()
+        with contextlib.suppress(Exception):
+            pod_pair.close()
     med = {k: statistics.median(v) for k, v in samples.items()}
     base = med["VethPair() + close()"]
     print(f"{'row':48} {'median ms':>10} {'vs VethPair':>12}")

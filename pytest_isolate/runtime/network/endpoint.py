@@ -6,13 +6,14 @@ Rule: an Endpoint acts only on its own interface; what joins two ends is topolog
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .impairment import Impairment
-from .netns import NetNamespace, entered, in_owner
+from .netns import NetNamespace, run_in
 
 
 class Endpoint:
@@ -81,16 +82,16 @@ class Endpoint:
 
 
 def _apply(ns: NetNamespace, ifname: str, imp: Impairment, previous: Impairment) -> None:
+    run_in(ns, qdisc, ifname, dataclasses.asdict(imp), dataclasses.asdict(previous))
+
+
+def qdisc(ifname: str, imp: dict, previous: dict) -> tuple[None, list]:
+    """In the namespace it runs in (run_in): ifname's root qdisc for the impairment."""
     from . import netlink
 
-    fd = ns._fd()
-
-    def apply() -> tuple[Any, list[int]]:
-        with entered(fd), netlink.Rtnl() as nl:
-            netlink.set_qdisc(nl, ifname, imp, previous)
-        return None, []
-
-    in_owner(ns.pod, apply)
+    with netlink.Rtnl() as nl:
+        netlink.set_qdisc(nl, ifname, Impairment(**imp), Impairment(**previous))
+    return None, []
 
 
 class _Undo:

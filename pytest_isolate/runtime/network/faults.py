@@ -16,25 +16,32 @@ import select
 import signal
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from .. import syscalls as sc
 from ..errors import SetupError, SpecError
-from .netns import entered, in_owner
+from .netns import run_in
 
 
-def _on(end, fn) -> None:
-    """Run fn(nl) inside end's namespace: this thread as root, else a helper in the pod."""
+def neighbours(ifname: str, targets: list[str], lladdr: str | None) -> tuple[None, list]:
+    """In the namespace it runs in (run_in): a permanent neighbour entry for each target."""
     from . import netlink
 
-    fd = end.ns._fd()
+    with netlink.Rtnl() as nl:
+        for address in targets:
+            netlink.set_neighbour(nl, ifname, address, lladdr)
+    return None, []
 
-    def work() -> tuple[Any, list[int]]:
-        with entered(fd), netlink.Rtnl() as nl:
-            fn(nl)
-        return None, []
 
-    in_owner(end.ns.pod, work)
+def link(ifname: str, up: bool | None, v6: list, mtu: int | None) -> tuple[None, list]:
+    """In the namespace it runs in: the link up or down (then its IPv6 addresses put back,
+    which the kernel dropped when it went down), and/or its MTU."""
+    from . import netlink
+
+    with netlink.Rtnl() as nl:
+        netlink.set_link(nl, ifname, up=up, mtu=mtu)
+        for address, plen in v6 if up else ():
+            netlink.add_address(nl, ifname, address, plen, replace=True)
+    return None, []
 
 
 def addresses(end) -> list[str]:
@@ -46,34 +53,20 @@ def cut(end, peers: Iterable, undo: bool = False) -> None:
     from . import netlink
 
     targets = [a for p in peers for a in addresses(p)]
-
-    def work(nl) -> None:
-        for address in targets:
-            netlink.set_neighbour(nl, end.ifname, address,
-                                  None if undo else netlink.NOWHERE_MAC)
     if targets:
-        _on(end, work)
+        run_in(end.ns, neighbours, end.ifname, targets, None if undo else netlink.NOWHERE_MAC)
 
 
 def set_link(end, up: bool) -> None:
-    from . import netlink
-
-    v6 = [(end.ip6, end.prefixlen6)] if up and getattr(end, "ip6", None) else []
-
-    def work(nl) -> None:
-        netlink.set_link(nl, end.ifname, up=up)
-        for address, plen in v6:  # the kernel dropped them when the link went down
-            netlink.add_address(nl, end.ifname, address, plen, replace=True)
-    _on(end, work)
+    v6 = [[end.ip6, end.prefixlen6]] if getattr(end, "ip6", None) else []
+    run_in(end.ns, link, end.ifname, up, v6, None)
 
 
 def set_mtu(end, mtu: int) -> None:
-    from . import netlink
-
     if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 65535:
         raise SpecError("mtu", mtu, "a whole number of bytes from 68 to 65535 (IPv6 needs "
                         "1280 or more)")
-    _on(end, lambda nl: netlink.set_link(nl, end.ifname, mtu=mtu))
+    run_in(end.ns, link, end.ifname, None, [], mtu)
 
 
 class Flap:

@@ -11,22 +11,19 @@ process outside the pod cannot `setns` into its namespaces (see docs/explanation
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import subprocess
 import threading
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .. import syscalls as sc
-from ..errors import SetupError, SpecError, UnsupportedError
+from ..errors import SetupError, UnsupportedError
+from . import pod as pods
+from .pod import Pod, in_owner
 
 _tls = threading.local()
-# Set in a pod helper: it joined a user namespace that has no rights over the namespace it
-# came from, so it cannot (and need not: it exits soon) go back after entering one.
-_one_way = False
 
 
 def _own_netns() -> int:
@@ -47,7 +44,7 @@ def entered(fd: int) -> Iterator[None]:
         try:
             yield
         finally:
-            if not _one_way:
+            if not pods.one_way:
                 sc.setns(back, sc.CLONE_NEWNET)
     finally:
         os.close(back)
@@ -65,94 +62,11 @@ def new_netns_fd() -> int:
         try:
             fd = _own_netns()
         finally:
-            if not _one_way:
+            if not pods.one_way:
                 sc.setns(back, sc.CLONE_NEWNET)
     finally:
         os.close(back)
     return fd
-
-
-class Pod:
-    """Rootless: a user namespace (mapping only the caller's ids) that owns the namespaces.
-
-    Links can only join namespaces of one user namespace without root, so a pair or a
-    bridge network made without root shares one pod.
-    """
-
-    def __init__(self) -> None:
-        def make() -> tuple[Any, list[int]]:
-            from ..kernel.namespaces import enter_user_namespace
-
-            enter_user_namespace(os.geteuid(), os.getegid())
-            return None, [os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC)]
-
-        _, fds = _in_child(make, join=None)
-        self.fd: int | None = fds[0]
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def in_owner(pod: Pod | None, fn: Callable[[], tuple[Any, list[int]]]) -> tuple[Any, list[int]]:
-    """Run `fn` where it may create and configure the namespaces: this thread as root, else a
-    forked helper inside the pod. `fn` returns (a JSON value, fds to hand back)."""
-    if pod is None:
-        return fn()
-    return _in_child(fn, join=pod.fd)
-
-
-def _in_child(fn: Callable[[], tuple[Any, list[int]]], join: int | None) -> tuple[Any, list[int]]:
-    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the helper
-        global _one_way
-        _one_way = True
-        code = 1
-        try:
-            parent_end.close()
-            if join is not None:
-                sc.setns(join, sc.CLONE_NEWUSER)
-            value, fds = fn()
-            socket.send_fds(child_end, [json.dumps({"ok": value}).encode()], fds)
-            code = 0
-        except BaseException as e:
-            err = {"type": type(e).__name__, "text": str(e), "tb": traceback.format_exc()}
-            if isinstance(e, SetupError):
-                err["setup"] = e.to_frame()
-            elif isinstance(e, UnsupportedError):
-                err["unsupported"] = [e.what, e.why, e.fix]
-            elif isinstance(e, SpecError):
-                err["spec"] = [e.field, repr(e.value), e.expected]
-            with contextlib.suppress(OSError):
-                child_end.sendall(json.dumps({"error": err}).encode())
-        finally:
-            os._exit(code)
-    child_end.close()
-    try:
-        msg, fds, _, _ = socket.recv_fds(parent_end, 1 << 20, 64)
-        chunks = [msg]
-        while msg:
-            msg = parent_end.recv(1 << 20)
-            chunks.append(msg)
-    finally:
-        parent_end.close()
-        os.waitpid(pid, 0)
-    for fd in fds:
-        os.set_inheritable(fd, False)
-    reply = json.loads(b"".join(chunks) or b'{"error": {"type": "?", "text": "helper died"}}')
-    if "error" in reply:
-        err = reply["error"]
-        if "setup" in err:
-            raise SetupError.from_frame(err["setup"])
-        if "unsupported" in err:
-            raise UnsupportedError(*err["unsupported"])
-        if "spec" in err:
-            raise SpecError(*err["spec"])
-        raise SetupError("pod helper", "network namespace", None,
-                         f"{err['type']}: {err['text']}\n{err.get('tb', '')}")
-    return reply["ok"], fds
 
 
 class NetNamespace:
@@ -196,17 +110,7 @@ class NetNamespace:
     def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM,
                proto: int = 0) -> socket.socket:
         """A socket that lives in this namespace (whatever thread uses it later)."""
-        if self.pod is None:
-            with entered(self._fd()):
-                return socket.socket(family, type, proto)
-        fd = self._fd()
-
-        def make() -> tuple[Any, list[int]]:
-            sc.setns(fd, sc.CLONE_NEWNET)
-            s = socket.socket(family, type, proto)
-            return None, [s.detach()]  # detach: the fd must outlive the object
-
-        _, fds = _in_child(make, join=self.pod.fd)
+        _, fds = run_in(self, make_socket, family, type, proto)
         return socket.socket(fileno=fds[0])
 
     def _preexec(self) -> Callable[[], None]:
@@ -249,6 +153,21 @@ class NetNamespace:
     def __repr__(self) -> str:
         state = "closed" if self.fd is None else f"fd {self.fd}"
         return f"<NetNamespace {self.name!r} {state}{' rootless' if self.pod else ''}>"
+
+
+def run_in(ns: NetNamespace, fn: Callable[..., tuple[Any, list[int]]],
+           *args: Any) -> tuple[Any, list[int]]:
+    """fn(*args) inside ns, returning (a JSON value, fds): on this thread as root; rootless by
+    the pod's agent, so fn must be a module-level function and args JSON-able."""
+    if ns.pod is None:
+        with entered(ns._fd()):
+            return fn(*args)
+    return ns.pod.call(ns._fd(), fn, args)
+
+
+def make_socket(family: int, type: int, proto: int) -> tuple[None, list[int]]:
+    s = socket.socket(family, type, proto)
+    return None, [s.detach()]  # detach: the fd must outlive the object
 
 
 def _no_dad() -> None:
