@@ -14,6 +14,7 @@ import struct
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -359,3 +360,41 @@ def test_routers_in_different_pods_are_refused_saying_why():
     finally:
         for pod in pods:
             pod.close()
+
+
+def test_members_reach_a_host_server_through_the_routers_nat_and_the_host_is_unchanged():
+    from pytest_isolate.runtime import UnsupportedError
+    from pytest_isolate.runtime import syscalls as sc
+
+    if not sc.host_root():
+        from pytest_isolate.runtime.network import Pod
+
+        pod = Pod()
+        try:
+            with Network(1, pod=pod) as net, pytest.raises(UnsupportedError, match="root"):
+                net.uplink()
+        finally:
+            pod.close()
+        return
+    forward = Path("/proc/sys/net/ipv4/ip_forward")
+    forwarding = forward.read_text()
+    with Network(2) as net:
+        host_ip = net.uplink()
+        srv = socket.create_server((host_ip, 0))
+        peers = []
+
+        def answer() -> None:
+            for _ in range(2):
+                conn, peer = srv.accept()
+                peers.append(peer[0])
+                with conn:
+                    conn.sendall(b"host")
+        t = threading.Thread(target=answer, daemon=True)
+        t.start()
+        for end in (net[1], net.attach("late")):
+            with _connect(end, host_ip, srv.getsockname()[1]) as c:
+                assert c.recv(4) == b"host"
+        t.join(5)
+        assert peers == [net.routers[0].link.ip] * 2  # masqueraded: the router's address
+        srv.close()
+    assert forward.read_text() == forwarding

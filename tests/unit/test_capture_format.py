@@ -77,3 +77,33 @@ def test_the_ipv6_pool_must_be_unique_local_and_big_enough(monkeypatch):
     monkeypatch.setattr(leases, "_pool6", leases.parse_pool6("fd00::/62"))
     with pytest.raises(SpecError, match="room for a /64"):
         leases.network6_for(ipaddress.IPv4Network("198.18.0.16/30"))  # the 5th /30
+
+
+def _messages(batch: bytes) -> list[tuple[int, int, int, bytes]]:
+    out, offset = [], 0
+    while offset < len(batch):
+        length, kind, flags, seq, _ = struct.unpack_from("=IHHII", batch, offset)
+        out.append((kind, flags, seq, batch[offset + 16:offset + length]))
+        offset += length
+    return out
+
+
+def test_the_masquerade_batch_is_one_table_one_nat_chain_one_rule_between_begin_and_end():
+    from pytest_isolate.runtime.network import nftables
+
+    batch, acks = nftables.masquerade_batch("up0", seq=10)
+    msgs = _messages(batch)
+    sub = nftables.NFNL_SUBSYS_NFTABLES << 8
+    assert [m[0] for m in msgs] == [nftables.NFNL_MSG_BATCH_BEGIN, sub | 0, sub | 3, sub | 6,
+                                    nftables.NFNL_MSG_BATCH_END]
+    assert [m[2] for m in msgs] == [10, 11, 12, 13, 14] and acks == [11, 12, 13]
+    assert all(m[1] & nftables.NLM_F_ACK for m in msgs[1:4])
+    family, version, res = struct.unpack_from("=BBH", msgs[0][3])
+    assert (family, version, socket.ntohs(res)) == (0, 0, nftables.NFNL_SUBSYS_NFTABLES)
+    chain, rule = msgs[2][3], msgs[3][3]
+    assert chain[0] == nftables.NFPROTO_IPV4 and b"nat\0" in chain and b"pti_nat\0" in chain
+    assert struct.pack("!I", nftables.NF_INET_POST_ROUTING) in chain
+    assert b"up0".ljust(16, b"\0") in rule and b"masq\0" in rule and b"meta\0" in rule
+    assert all(len(m[3]) % 4 == 0 for m in msgs)  # every attribute padded to 4 bytes
+    with pytest.raises(ValueError):
+        nftables.masquerade_batch("x" * 16)

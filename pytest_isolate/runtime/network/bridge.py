@@ -237,6 +237,12 @@ class Network(_Faults):
         self._push(router.close)
         return router
 
+    def uplink(self) -> str:
+        """NAT to the host through this network's router (one is made if it has none; see
+        routing.Router.uplink); returns the host side's address (root, IPv4)."""
+        router = self.routers[0] if self.routers else self.route_to()
+        return router.uplink()
+
     def address_of(self, name: str, ipv6: bool = False) -> str:
         """The address of the member called `name`, here or in a routed network."""
         from .routing import _joined

@@ -44,8 +44,11 @@ class HostLink(_Undo):
     route goes via the host side, and the host does not forward what arrives on that link,
     so the container reaches the host and nothing beyond it."""
 
-    def __init__(self) -> None:
+    def __init__(self, ns=None, ifname: str = "eth0") -> None:
+        """ns: a namespace of ours to link (a router's; kept open by its owner), else a new
+        one for a container; ifname: the interface's name in it."""
         super().__init__()
+        self._given, self.ifname = ns, ifname
         if not sc.host_root():
             raise UnsupportedError(
                 "network='veth'", "a veth link to the host's network namespace needs root "
@@ -64,24 +67,28 @@ class HostLink(_Undo):
         ensure_owner_lock()  # the link's name carries our pid: a dead run's links are found
         self.subnet = leases.allocate(2)
         self._push(lambda: leases.release(self.subnet))
-        (self.ns,) = create(("container",))
-        self._push(self.ns.close)
+        if self._given is not None:
+            self.ns = self._given
+        else:
+            (self.ns,) = create(("container",))
+            self._push(self.ns.close)
+        ifname = self.ifname
         self.host_ifname = host_link_name(os.getpid(), next(_counter))
         self.host_ip, self.ip = self.subnet.host(0), self.subnet.host(1)
         plen = self.subnet.prefixlen
         with netlink.Rtnl() as nl:
             try:
-                netlink.add_veth(nl, self.host_ifname, "eth0", self.ns._fd())
+                netlink.add_veth(nl, self.host_ifname, ifname, self.ns._fd())
             except SetupError as e:
                 if e.errno != errno.EEXIST:  # a dead run with our pid left it: remove, retry
                     raise
                 netlink.delete_link(nl, self.host_ifname)
-                netlink.add_veth(nl, self.host_ifname, "eth0", self.ns._fd())
+                netlink.add_veth(nl, self.host_ifname, ifname, self.ns._fd())
             _no_forwarding(self.host_ifname)
             netlink.add_address(nl, self.host_ifname, self.host_ip, plen)
         with entered(self.ns._fd()), netlink.Rtnl() as nl:
-            netlink.set_up(nl, "eth0")
-            netlink.add_address(nl, "eth0", self.ip, plen)
+            netlink.set_up(nl, ifname)
+            netlink.add_address(nl, ifname, self.ip, plen)
             netlink.add_default_route(nl, self.host_ip)
 
     @property

@@ -71,8 +71,8 @@ class Router(_Undo):
 
     def __init__(self, *networks) -> None:
         super().__init__()
-        if len(networks) < 2 or len({id(n) for n in networks}) != len(networks):
-            raise SpecError("networks", networks, "two or more different Network objects")
+        if not networks or len({id(n) for n in networks}) != len(networks):
+            raise SpecError("networks", networks, "one or more different Network objects")
         pods = {id(n.pod) for n in networks}
         if len(pods) != 1:
             raise UnsupportedError(
@@ -82,6 +82,7 @@ class Router(_Undo):
                 "make them with one pod: the network fixture's networks share one, or pass "
                 "pod= to Network")
         self.networks = list(networks)
+        self.link = None  # uplink(): the HostLink to the host
         try:
             self._build()
         except BaseException:
@@ -92,12 +93,40 @@ class Router(_Undo):
             n.used.add(n.router_index)
         write_hosts(networks[0])
 
+    def uplink(self) -> str:
+        """NAT to the host (root): a veth from this router to the host's namespace (the host
+        side named `pti<pid hex>x<n>`, a leased /30, no forwarding there), the router's and
+        every member's default route through it, and a masquerade rule on it in the router's
+        own namespace (nothing in the host's tables changes). Returns the host side's
+        address: a server on the host bound to it (or to 0.0.0.0) is reachable from every
+        member, and sees the router's address as the client's. IPv4 only."""
+        if self.link is not None:
+            return self.link.host_ip
+        if self.networks[0].pod is not None:
+            raise UnsupportedError(
+                "NAT to the host", "a link into the host's network namespace needs root "
+                "there, and these networks belong to a rootless pod", "run as root; "
+                "rootless, serve from a member of the network instead")
+        from . import netlink, nftables
+        from .hostlink import HostLink
+
+        self.link = HostLink(ns=self.ns, ifname="up0")
+        self._push(self.link.close)
+        with entered(self.ns._fd()):
+            nftables.apply("up0")
+        for net in self.networks:
+            gw = self.ends[self.networks.index(net)].ip
+            for m in net.members:
+                with entered(m.ns._fd()), netlink.Rtnl() as nl:
+                    netlink.add_default_route(nl, gw)
+        return self.link.host_ip
+
     def routes_for(self, net) -> list[tuple[str, int, str]]:
         """(destination, prefix length, gateway) a member of `net` needs to reach the other
-        networks through this router."""
+        networks (and, with an uplink, the host) through this router."""
         k = self.networks.index(net)
         gw4, gw6 = self.ends[k].ip, self.ends[k].ip6
-        out = []
+        out = [("0.0.0.0", 0, gw4)] if self.link is not None else []
         for other in self.networks:
             if other is net:
                 continue
