@@ -180,20 +180,14 @@ def read_options(config: pytest.Config) -> Options:
         if expected is not None:
             raise pytest.UsageError(f"{source}={raw!r}: expected {expected}")
         defaults[arg] = Setting(value, source)
-    pool = config.getini("isolate_subnet_pool")
-    if pool:
-        try:
-            set_pool(str(pool))
-        except SpecError as e:
-            raise pytest.UsageError(f"ini isolate_subnet_pool = {pool!r}: expected "
-                                    f"{e.expected}") from None
-    pool6 = config.getini("isolate_subnet6_pool")
-    if pool6:
-        try:
-            set_pool6(str(pool6))
-        except SpecError as e:
-            raise pytest.UsageError(f"ini isolate_subnet6_pool = {pool6!r}: expected "
-                                    f"{e.expected}") from None
+    for ini, use in (("isolate_subnet_pool", set_pool), ("isolate_subnet6_pool", set_pool6)):
+        pool = config.getini(ini)
+        if pool:
+            try:
+                use(str(pool))
+            except SpecError as e:
+                raise pytest.UsageError(f"ini {ini} = {pool!r}: expected {e.expected}"
+                                        ) from None
     return Options(mode=_choice(config, "isolate_mode", None, MODES, "marked"),
                    keep=_choice(config, "isolate_keep", None, KEEP, "never"),
                    unsupported=_choice(config, None, "isolate_unsupported", UNSUPPORTED,

@@ -21,29 +21,9 @@ from pytest_isolate.runtime.host.state import cleanup_stale
 from pytest_isolate.runtime.network import Network, VethPair, leases
 from pytest_isolate.runtime.network.hostlink import host_link_name
 from tests.conftest import net_fds, require_netem
+from tests.support.net import accept_loop, echo_all
 
 ROOT = os.geteuid() == 0
-
-
-def _accept_loop(srv: socket.socket, handle) -> threading.Thread:
-    """Serve each connection with handle(conn) on a thread, until srv is closed."""
-    def loop() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                handle(conn)
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    return t
-
-
-def _echo_all(conn: socket.socket) -> None:
-    while data := conn.recv(65536):
-        conn.sendall(data)
 
 
 def _serve_echo(end) -> tuple[socket.socket, threading.Thread]:
@@ -51,7 +31,7 @@ def _serve_echo(end) -> tuple[socket.socket, threading.Thread]:
     srv = end.socket()
     srv.bind((end.ip, 0))
     srv.listen(8)
-    return srv, _accept_loop(srv, _echo_all)
+    return srv, accept_loop(srv, echo_all)
 
 
 def _connect(end, addr, timeout: float = 2.0) -> socket.socket:
@@ -266,7 +246,7 @@ def test_a_veth_container_reaches_the_host_side_and_nothing_beyond():
         return
     srv = socket.create_server(("0.0.0.0", 0))
     port = srv.getsockname()[1]
-    _accept_loop(srv, lambda conn: conn.sendall(b"host"))
+    accept_loop(srv, lambda conn: conn.sendall(b"host"))
     from pytest_isolate.runtime.api import start
 
     # A second container with a server of its own: the first must not reach it via the host.

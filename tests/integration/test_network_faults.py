@@ -21,29 +21,9 @@ import pytest
 from pytest_isolate.runtime import SpecError
 from pytest_isolate.runtime.network import Network, VethPair, read_pcap
 from tests.conftest import children, net_fds, require_netem
+from tests.support.net import echo_server
 
 SIOCGIFMTU = 0x8921
-
-
-def _echo_server(end, family: int = socket.AF_INET) -> tuple[socket.socket, int]:
-    srv = end.socket(family)
-    srv.bind((end.ip6 if family == socket.AF_INET6 else end.ip, 0))
-    srv.listen(16)
-
-    def serve(conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-
-    def loop() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-    threading.Thread(target=loop, daemon=True).start()
-    return srv, srv.getsockname()[1]
 
 
 def _connect(end, host: str, port: int, timeout: float = 2.0,
@@ -66,11 +46,11 @@ def test_every_end_has_ipv6_beside_ipv4_and_tcp_works_over_both():
     with VethPair() as pair, Network(3) as net:
         assert pair.a.ip6 and pair.b.ip6 and pair.a.prefixlen6 == 64
         assert pair.subnet.network6.network_address.packed[:6] == bytes.fromhex("fd7074697465")
-        srv, port = _echo_server(pair.b, socket.AF_INET6)
+        srv, port = echo_server(pair.b, socket.AF_INET6)
         with _connect(pair.a, pair.b.ip6, port, family=socket.AF_INET6) as c:
             assert _echo(c) == b"ping"
         srv.close()
-        srv, port = _echo_server(net[2], socket.AF_INET6)
+        srv, port = echo_server(net[2], socket.AF_INET6)
         with _connect(net[0], net[2].ip6, port, family=socket.AF_INET6) as c:
             assert _echo(c) == b"ping"
         srv.close()
@@ -133,7 +113,7 @@ def _round_trip(c: socket.socket) -> float:
 def test_a_delay_each_way_adds_to_the_round_trip_by_its_own_amount():
     require_netem()
     with VethPair() as pair:
-        srv, port = _echo_server(pair.b)
+        srv, port = echo_server(pair.b)
         with _connect(pair.a, pair.b.ip, port, timeout=5) as c:
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pair.impair(a_to_b={"delay": "100ms"})
@@ -148,7 +128,7 @@ def test_a_delay_each_way_adds_to_the_round_trip_by_its_own_amount():
 
 def test_a_partition_times_connects_out_and_heal_restores_them_and_open_connections():
     with VethPair() as pair:
-        srv, port = _echo_server(pair.b)
+        srv, port = echo_server(pair.b)
         kept = _connect(pair.a, pair.b.ip, port)
         udp_b = pair.b.socket(socket.AF_INET, socket.SOCK_DGRAM)
         udp_b.bind((pair.b.ip, 0))
@@ -174,7 +154,7 @@ def test_a_partition_times_connects_out_and_heal_restores_them_and_open_connecti
 
 def test_a_network_partition_splits_members_into_groups():
     with Network(3) as net:
-        srv, port = _echo_server(net[2])
+        srv, port = echo_server(net[2])
         net.partition([0], [1, 2])
         assert net.groups == [[0], [1, 2]]
         with _connect(net[1], net[2].ip, port) as c:
@@ -196,8 +176,8 @@ def test_a_network_partition_splits_members_into_groups():
 
 def test_link_down_fails_sends_at_once_and_link_up_restores_both_families():
     with VethPair() as pair:
-        srv, port = _echo_server(pair.b)
-        srv6, port6 = _echo_server(pair.b, socket.AF_INET6)
+        srv, port = echo_server(pair.b)
+        srv6, port6 = echo_server(pair.b, socket.AF_INET6)
         pair.link_down()
         with pytest.raises(OSError) as err:
             _connect(pair.a, pair.b.ip, port)
@@ -222,7 +202,7 @@ def _mtu(end) -> int:
 
 def test_a_flapping_link_goes_down_and_up_and_ends_up():
     with VethPair() as pair:
-        srv, port = _echo_server(pair.b)
+        srv, port = echo_server(pair.b)
         with pair.flap(2, period=2.0), pytest.raises(OSError):  # down when flap() returns
             _connect(pair.a, pair.b.ip, port, timeout=0.05)
         flap = pair.flap(0.6, period=0.1)
@@ -252,7 +232,7 @@ def test_mtu_changes_on_both_ends():
 
 def test_a_capture_holds_the_syn_of_a_connect_and_its_pcap_reads_back(tmp_path):
     with VethPair() as pair:
-        srv, port = _echo_server(pair.b)
+        srv, port = echo_server(pair.b)
         path = str(tmp_path / "a.pcap")
         with pair.capture("a", path=path) as cap, _connect(pair.a, pair.b.ip, port) as c:
             _echo(c)
@@ -273,7 +253,7 @@ def test_hundreds_of_faults_and_captures_leave_nothing_behind():
     before_fds, before_kids = net_fds(), children()
     before_files = set(glob.glob(os.path.join(tempfile.gettempdir(), "*.pcap")))
     with VethPair() as pair:
-        srv, port = _echo_server(pair.b)
+        srv, port = echo_server(pair.b)
         for _ in range(200):
             pair.partition()
             pair.heal()
@@ -306,11 +286,11 @@ def test_a_router_joins_two_networks_both_ways_over_ipv4_and_ipv6_and_names_reso
             router = front.route_to(back)
             assert router.ends[0].ip == front.subnet.host(front.subnet.capacity - 1)
             for family, addr in ((socket.AF_INET, back[0].ip), (socket.AF_INET6, back[0].ip6)):
-                srv, port = _echo_server(back[0], family)
+                srv, port = echo_server(back[0], family)
                 with _connect(front[0], addr, port, family=family) as c:
                     assert _echo(c) == b"ping"
                 srv.close()
-            srv, port = _echo_server(front[1])
+            srv, port = echo_server(front[1])
             with _connect(back[0], front[1].ip, port) as c:  # and back
                 assert _echo(c) == b"ping"
             out = front[0].run(["getent", "hosts", "db"], check=True).stdout.decode()
@@ -321,7 +301,7 @@ def test_a_router_joins_two_networks_both_ways_over_ipv4_and_ipv6_and_names_reso
             assert got == b"hi\n"
             assert front.address_of("db") == back[0].ip
             late = back.attach("cache")  # a member added later: routes and names too
-            srv2, port2 = _echo_server(late)
+            srv2, port2 = echo_server(late)
             with _connect(front[0], late.ip, port2) as c:
                 assert _echo(c) == b"ping"
             assert "cache" in front.hosts()

@@ -36,6 +36,20 @@ def inside(func, *args, spec: Spec | None = None):
     return run(spec or Spec(), func, *args).unwrap()
 
 
+def _unix_connect(address: str) -> int:
+    """0 when a unix socket connects to address (a path, or \\0name), else its errno."""
+    import socket
+
+    c = socket.socket(socket.AF_UNIX)
+    try:
+        c.connect(address)
+        return 0
+    except OSError as e:
+        return e.errno
+    finally:
+        c.close()
+
+
 def _status() -> str:
     with open("/proc/self/status") as f:
         return f.read()
@@ -171,14 +185,7 @@ def test_a_host_path_unix_socket_is_not_reached(tmp_path):
     srv.listen()
     os.chmod(path, 0o600)
     try:
-        def attempt(p: str) -> int:
-            c = socket.socket(socket.AF_UNIX)
-            try:
-                c.connect(p)
-                return 0
-            except OSError as e:
-                return e.errno
-        assert inside(attempt, path) != 0
+        assert inside(_unix_connect, path) != 0
     finally:
         srv.close()
 
@@ -192,14 +199,7 @@ def test_a_host_abstract_unix_socket_is_not_reached():
     srv.listen()
     srv.setblocking(False)
     try:
-        def attempt(n: str) -> int:
-            c = socket.socket(socket.AF_UNIX)
-            try:
-                c.connect(n)
-                return 0
-            except OSError as e:
-                return e.errno
-        assert inside(attempt, name) == errno.ECONNREFUSED  # another network namespace's
+        assert inside(_unix_connect, name) == errno.ECONNREFUSED  # another netns's
         with pytest.raises(BlockingIOError):
             srv.accept()
     finally:
