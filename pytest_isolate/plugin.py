@@ -7,9 +7,12 @@ a container, reporting.py formats what users read, fixtures.py holds the fixture
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import importlib.metadata
 import os
+import signal
 import sys
+import threading
 
 import pytest
 
@@ -55,7 +58,28 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(_PDB_MESSAGE)
     config.stash[OPTIONS] = options
     config.pluginmanager.register(Summary(), "isolate-summary")
+    _term_as_interrupt()
     _start_warm_for_all(config, options)
+
+
+def _term_as_interrupt() -> None:
+    """SIGTERM (a CI job cancelled, a runner's timeout) ends the run as Ctrl-C does: pytest's
+    interrupted summary, and every container torn down on the way out. Only where nobody set
+    a handler of their own, and only in this process: a forked test process (or a container's
+    init) that gets it dies of it, as it would without us."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        return
+    main = os.getpid()
+
+    def on_term(signum: int, frame) -> None:
+        if os.getpid() != main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 WARM_ASKED = pytest.StashKey[bool]()
@@ -152,8 +176,20 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return None  # pytest's own protocol, in this process
     from .runtime import probe
 
+    if _faulthandler_armed(item.config):
+        # pytest armed faulthandler's watchdog thread for this test (faulthandler_timeout): a
+        # fork does not copy that thread, and the copy's first faulthandler timer call then
+        # waits for it forever. The container's own timeout and stack dump stand in for it.
+        faulthandler.cancel_dump_traceback_later()
     runner.run_item(item, nextitem, chosen, options, probe.blocker())
     return True
+
+
+def _faulthandler_armed(config: pytest.Config) -> bool:
+    try:
+        return float(config.getini("faulthandler_timeout") or 0) > 0
+    except (ValueError, KeyError):
+        return False
 
 
 class Summary:

@@ -516,3 +516,19 @@ def test_isolate_keep_leaves_what_the_test_wrote(pytester, keep):
     os.rmdir(f"/dev/shm/pytest-isolate-keep-{os.getuid()}")
     assert kept == {"test_writes_and_fails": True, "test_writes_and_passes": keep == "always"}
     assert not os.path.exists("/etc/pti-kept-marker")
+
+
+def test_faulthandler_timeout_does_not_hang_isolated_tests(pytester):
+    # pytest arms faulthandler's watchdog thread around each test: a fork used to copy its
+    # state but not the thread, and the copy hung on its first faulthandler timer call
+    pytester.makeini("[pytest]\nfaulthandler_timeout = 30\n")
+    result = run(pytester, """
+        import pytest
+
+        @pytest.mark.isolated(timeout=20)
+        def test_one(): pass
+
+        @pytest.mark.isolated
+        def test_two(): pass
+    """)
+    result.assert_outcomes(passed=2)

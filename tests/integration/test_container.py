@@ -495,9 +495,12 @@ def test_an_orphaned_grandchild_is_reaped():
         zombies = []
         for p in os.listdir("/proc"):
             if p.isdigit():
-                with open(f"/proc/{p}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        zombies.append(int(p))
+                try:
+                    with open(f"/proc/{p}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                            zombies.append(int(p))
+                except FileNotFoundError:  # exited (and reaped) since the listing
+                    pass
         return zombies
     assert run(SPEC, orphan_maker).value == []
 

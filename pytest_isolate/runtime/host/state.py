@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import importlib
 import os
+import tempfile
 
 from ..local import here
 
@@ -33,17 +35,19 @@ _root_dir_ok: tuple[int, bool] = (0, False)  # (pid that checked, whether it may
 def _may_write(d: str) -> bool:
     """A file made and removed there for real (permission bits tell little in a user
     namespace: on an overlay the directory may be ours while what is in it is not)."""
-    probe = os.path.join(d, f".probe-{os.getpid()}")
     try:
         os.makedirs(d, mode=0o700, exist_ok=True)
-        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=d)
+        os.close(fd)
         os.unlink(probe)
         path = os.path.join(d, f"{os.getpid()}.lock")  # the lock this process will take
         if os.path.exists(path):
             os.close(os.open(path, os.O_RDWR))
         return True
-    except OSError:
-        return False
+    except OSError as e:
+        # Only "not ours to write" sends root elsewhere: any other failure would split the
+        # processes of one run between two lease tables.
+        return e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def state_dir() -> str:
@@ -69,8 +73,12 @@ def ensure_owner_lock() -> str:
     d = state_dir()
     os.makedirs(d, mode=0o700, exist_ok=True)
     path = os.path.join(d, f"{os.getpid()}.lock")
-    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    # Locked before it is visible under its name: a sweep that finds the file can never take
+    # the lock of a live owner that has not locked it yet (and take it for dead).
+    fd, tmp = tempfile.mkstemp(prefix=".lock-", dir=d)
+    os.set_inheritable(fd, False)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(tmp, path)
     local.owner_lock = (fd, path)
     atexit.register(_release, path, os.getpid())
     global _cleaned
