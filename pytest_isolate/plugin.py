@@ -157,12 +157,33 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         spares.flush()
 
 
+HEALED = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run killed before it could clean up (SIGKILL, OOM killer) left cgroups, leases, host
+    links: the next run removes them first, and its header says what it removed."""
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller did it
+    from .runtime.host import state
+
+    if state.dead_owners():
+        session.config.stash[HEALED] = state.cleanup_stale()
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     if sys.platform != "linux":
         return f"isolate: unavailable ({sys.platform} is not Linux)"
     from .runtime import probe
 
-    return f"isolate: {probe.summary_line()}, mode {config.stash[OPTIONS].mode}"
+    line = f"isolate: {probe.summary_line()}, mode {config.stash[OPTIONS].mode}"
+    healed = config.stash.get(HEALED, None)
+    if healed:
+        shown = ", ".join(healed[:6]) + (f" and {len(healed) - 6} more" if len(healed) > 6
+                                         else "")
+        line += f"\nisolate: removed what killed runs left: {shown}"
+    return line
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -57,3 +57,68 @@ def test_a_signalled_run_ends_interrupted_and_leaves_nothing(tmp_path, sig):
         time.sleep(0.1)
     assert sleeps_with(marker) == []
     assert glob.glob(f"/sys/fs/cgroup/*/pti-{proc.pid}-*") == []
+
+
+def _left_of(pid: int) -> list[str]:
+    """What a run with this pid left: cgroups, host links, its owner lock, its leases."""
+    import json
+
+    left = glob.glob(f"/sys/fs/cgroup/*/pti-{pid}-*") + glob.glob(
+        f"/sys/fs/cgroup/*/*/*/pti-{pid}-*")
+    left += [n for n in os.listdir("/sys/class/net") if n.startswith(f"pti{pid:x}x")]
+    state = "/run/pytest-isolate" if os.geteuid() == 0 else f"/tmp/pytest-isolate-{os.geteuid()}"
+    left += glob.glob(f"{state}/{pid}.lock")
+    try:
+        with open(f"{state}/leases.json") as f:
+            left += [k for k, v in json.load(f).items() if v == pid]
+    except (OSError, ValueError):
+        pass
+    return left
+
+
+@pytest.mark.parametrize("heal", ["cleanup command", "next run"])
+def test_after_sigkill_what_is_left_is_removed(tmp_path, heal):
+    marker = str(uuid.uuid4().int)[:8]
+    caps = 'memory="64M"' if os.geteuid() == 0 else ""  # rootless on v1: no cgroup to cap
+    (tmp_path / "test_long.py").write_text(textwrap.dedent(f"""
+        import subprocess, time
+        import pytest
+
+        @pytest.mark.isolated({caps})
+        def test_long(veth_pair):
+            subprocess.Popen(["sleep", "1000{marker}"])
+            time.sleep(60)
+    """))
+    (tmp_path / "test_next.py").write_text(
+        "import pytest\n\n@pytest.mark.isolated\ndef test_next():\n    pass\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                             "test_long.py"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not sleeps_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sleeps_with(marker), "the test never started its process"
+    finally:
+        proc.kill()  # SIGKILL: no teardown at all
+        proc.wait()
+    for _ in range(50):  # the container dies with its parent (PDEATHSIG): its processes too
+        if not sleeps_with(marker):
+            break
+        time.sleep(0.1)
+    assert sleeps_with(marker) == []
+    before = _left_of(proc.pid)
+    if os.geteuid() == 0:
+        assert before, "a killed run leaves cgroups and its lease (else this test checks nothing)"
+    if heal == "cleanup command":
+        out = subprocess.run([sys.executable, "-m", "pytest_isolate", "cleanup"], env=env,
+                             capture_output=True, text=True, check=True).stdout
+        assert "leftover(s) of dead runs removed" in out
+    else:
+        out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                              "test_next.py"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, check=True).stdout
+        if before:
+            assert "isolate: removed what killed runs left: " in out, out
+    assert _left_of(proc.pid) == [], before

@@ -128,6 +128,22 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
+def dead_owners() -> list[int]:
+    """Owners whose lock file is here but not held: a run killed before it could clean up.
+    Cheap (a listing and a lock try each): the start of a run calls it, and sweeps only
+    when it finds one."""
+    found = []
+    if os.geteuid() == 0 and not os.path.isdir(_ROOT_DIR):
+        return found  # state_dir() would make it: a run that isolates nothing makes nothing
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(state_dir()):
+            if name.endswith(".lock") and name[:-5].isdigit():
+                pid = int(name[:-5])
+                if pid != os.getpid() and not owner_alive(pid):
+                    found.append(pid)
+    return found
+
+
 def cleanup_stale() -> list[str]:
     """Remove leftovers of every dead owner; returns what was removed."""
     removed: list[str] = []
