@@ -4,6 +4,7 @@ PYTEST_ISOLATE_STRICT=1 (CI lanes), so a green run cannot hide skipped privilege
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -52,6 +53,21 @@ def require_caps() -> None:
         pytest.skip(NO_DELEGATION)
     require({"cpu", "memory", "pids"} <= writable_controllers(),
             "writable cpu, memory and pids cgroup controllers")
+
+
+# How long a test waits for the kernel to catch up (processes to start or die, links to go).
+# Generous, because the UML lane forks slowly under CI load; each wait ends once it holds.
+WAIT = 30.0
+
+
+def wait_until(check, timeout: float = WAIT, interval: float = 0.02):
+    """Call check() until it returns something true or timeout passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
 
 
 def sleeps_with(marker: str) -> list[int]:

@@ -27,7 +27,7 @@ from pytest_isolate.runtime import (
 )
 from pytest_isolate.runtime import syscalls as sc
 from pytest_isolate.runtime.warm import pool as warm
-from tests.conftest import net_fds, require, require_caps, sleeps_with
+from tests.conftest import net_fds, require, require_caps, sleeps_with, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 SPEC = Spec(hostname="box")
@@ -638,9 +638,7 @@ def test_ctrl_c_while_start_until_done_sleeps_leaves_no_container(cold, monkeypa
         timer.cancel()
     # A warm container's other processes die with its init, which is not our child: soon,
     # not necessarily before the call returns. no_leftovers checks our pids, fds and mounts.
-    deadline = time.monotonic() + 5
-    while sleeps_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not sleeps_with(marker))
     assert sleeps_with(marker) == []
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from pytest_isolate.runtime import Resources, SetupError, Spec, SpecError
 from pytest_isolate.runtime.live import Container
-from tests.conftest import children, require, require_caps, sleeps_with
+from tests.conftest import children, require, require_caps, sleeps_with, wait_until
 from tests.support import images as imgs
 
 ROOT = os.geteuid() == 0
@@ -145,10 +145,7 @@ def test_stop_ends_every_process_and_leaves_nothing(built):
     marker = f"{time.time():.6f}"
     c = Container(Spec(image=built["export"]))
     c.spawn(["sh", "-c", f"sleep 1000{marker} & sleep 1000{marker}"])
-    deadline = time.monotonic() + 5
-    while len(sleeps_with(marker)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert len(sleeps_with(marker)) == 2
+    assert wait_until(lambda: len(sleeps_with(marker)) == 2), sleeps_with(marker)
     c.stop(grace=1)
     assert sleeps_with(marker) == []
     assert not c.running

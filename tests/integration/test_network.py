@@ -20,7 +20,7 @@ from pytest_isolate.runtime import Spec, SpecError, UnsupportedError, run
 from pytest_isolate.runtime.host.state import cleanup_stale
 from pytest_isolate.runtime.network import Network, VethPair, leases
 from pytest_isolate.runtime.network.hostlink import host_link_name
-from tests.conftest import net_fds, require_netem
+from tests.conftest import net_fds, require_netem, wait_until
 from tests.support.net import accept_loop, echo_all
 
 ROOT = os.geteuid() == 0
@@ -67,9 +67,8 @@ def clean_network():
     yield
     assert leases.in_use() == held, "a subnet is still handed out"
     assert net_fds() == netns, "a network namespace is still held"
-    deadline = time.monotonic() + 5  # host links die with their peer's namespace, async
-    while (set(os.listdir("/sys/class/net")) - links) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    # host links die with their peer's namespace, async
+    wait_until(lambda: not set(os.listdir("/sys/class/net")) - links)
     assert set(os.listdir("/sys/class/net")) - links == set()
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from pytest_isolate.runtime import Resources, Spec, SpecError, run, run_command
-from tests.conftest import sleeps_with
+from tests.conftest import WAIT, sleeps_with, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -28,13 +28,9 @@ def test_sigkill_of_the_workload_leaves_nothing():
     assert r.signal == signal.SIGKILL
 
 
-def _wait_gone(marker: str, seconds: float = 5.0) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while True:
-        left = sleeps_with(marker)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
+def _wait_gone(marker: str) -> list[int]:
+    wait_until(lambda: not sleeps_with(marker))
+    return sleeps_with(marker)
 
 
 def test_sigkill_of_the_parent_kills_the_whole_container(tmp_path):
@@ -50,10 +46,8 @@ def test_sigkill_of_the_parent_kills_the_whole_container(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                               cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
     init_pid = int(parent.stdout.readline())
-    deadline = time.monotonic() + 5
-    while len(_wait_gone(marker, 0)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert len(_wait_gone(marker, 0)) == 2, "the container's two sleeps did not start"
+    started = wait_until(lambda: len(sleeps_with(marker)) == 2)
+    assert started, f"the container's two sleeps did not start: {sleeps_with(marker)}"
     parent.kill()
     parent.wait()
     parent.stdout.close()
@@ -63,7 +57,7 @@ def test_sigkill_of_the_parent_kills_the_whole_container(tmp_path):
 
 def _state(pid: int) -> str | None:
     """None when gone; "Z" when dead and waiting for the host's init to reap it."""
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT
     while True:
         try:
             with open(f"/proc/{pid}/stat") as f:
