@@ -61,6 +61,11 @@ PRIVILEGED_NOTE = ("this test ran as full host root (privileged=True): every cap
                    "processes")
 
 
+# Why a test that only wrote files can be OOM-killed: its filesystems are tmpfs.
+IN_MEMORY = ("files the test wrote count too: the container's /tmp, /dev/shm and copy-on-write "
+             "root are in memory")
+
+
 def cap_hits(result: Result) -> list[str]:
     return [name for name, hit in (("oom", result.oom_killed), ("pids", result.pids_limited),
                                    ("timeout", result.timed_out),
@@ -75,7 +80,7 @@ def death_reason(result: Result, spec: Spec, when: str) -> str:
         lines.append(f"timeout {r.timeout:g}s exceeded: every process of the test was killed")
     if result.oom_killed:
         lines.append(f"killed by the OOM killer: memory cap {format_size(int(r.memory or 0))} "
-                     f"reached (peak {format_size(s.memory_peak)})")
+                     f"reached (peak {format_size(s.memory_peak)}; {IN_MEMORY})")
     if result.pids_limited:
         lines.append(f"pids cap {r.pids} reached: fork failed")
     if killed_by_seccomp(result):
@@ -96,6 +101,17 @@ def death_reason(result: Result, spec: Spec, when: str) -> str:
         else:
             lines.append("the test process ended without a report")
     return f"{'; '.join(lines)} (during {when}, in an isolated container)"
+
+
+def lost_cgroup_text(result: Result, spec: Spec) -> str | None:
+    """The test's cgroup was removed while it ran: its caps stopped holding."""
+    lost = result.stats.lost
+    if not lost:
+        return None
+    return (f"the test's cgroup was removed while it ran, by another process: "
+            f"{', '.join(lost)} (its caps {caps_text(spec)} stopped holding and its figures "
+            "are incomplete); find what removes pytest-isolate's pti-* cgroups of live runs "
+            "(`python -m pytest_isolate cleanup` removes only dead runs' ones)")
 
 
 def hit_note(result: Result, spec: Spec) -> str | None:

@@ -34,14 +34,14 @@ import shutil
 import time
 import warnings
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from . import coverage_bridge, report_frames, reporting
 from . import pytest_private as pp
 from .runtime import api as rt
-from .runtime.errors import IsolationError, SetupError, UnsupportedError
+from .runtime.errors import IsolationError, SetupError, UnsupportedError, hint_for, host_limit_error
 from .runtime.result import Result
 from .runtime.warm import pool as warm
 from .settings import ItemSettings, Options, SettingError, item_settings
@@ -62,8 +62,18 @@ class _Scratch:
 
     def __init__(self) -> None:
         # Close-on-exec: forks (the container) keep them, commands exec'd elsewhere do not.
-        self.reports = os.memfd_create("pti-reports", os.MFD_CLOEXEC)
-        self.stack = os.memfd_create("pti-stack", os.MFD_CLOEXEC)
+        try:
+            self.reports = os.memfd_create("pti-reports", os.MFD_CLOEXEC)
+            try:
+                self.stack = os.memfd_create("pti-stack", os.MFD_CLOEXEC)
+            except BaseException:
+                os.close(self.reports)
+                raise
+        except OSError as e:
+            error = host_limit_error("make the report files", e)
+            if error is None:
+                raise
+            raise error from e
 
     def reset(self) -> None:
         for fd in (self.reports, self.stack):
@@ -153,6 +163,11 @@ def _unsupported(err: IsolationError, options: Options) -> None:
                 "--isolate=off)", pytrace=False)
 
 
+def _build_failed(e: SetupError) -> NoReturn:
+    """The step, the cause and the fix as the setup error: no traceback of the launcher."""
+    raise pytest.fail.Exception(f"the container could not be built: {e}", pytrace=False) from None
+
+
 def _start(item: pytest.Item, settings: ItemSettings | SettingError, options: Options,
            scratch: _Scratch, blocker: UnsupportedError | None,
            sleep: bool = True) -> rt.ContainerProcess:
@@ -179,6 +194,8 @@ def _start(item: pytest.Item, settings: ItemSettings | SettingError, options: Op
     except UnsupportedError as e:
         _unsupported(e, options)
         raise  # not reached
+    except SetupError as e:
+        _build_failed(e)
     finally:
         del item.stash[ACTIVE_KEY]
 
@@ -204,7 +221,11 @@ def remove_tree(path: str) -> None:
 def _fresh_keep_dir(item: pytest.Item) -> str:
     path = _keep_dir(item)
     remove_tree(path)  # an earlier run's files for this test
-    os.makedirs(path, mode=0o700)
+    try:
+        os.makedirs(path, mode=0o700)
+    except OSError as e:
+        raise SetupError("make the keep directory", path, e.errno, "cannot create it",
+                         hint_for("keep", e.errno)) from None
     return path
 
 
@@ -385,15 +406,22 @@ def run_item(item: pytest.Item, nextitem: pytest.Item | None,
 
 def _begin(item: pytest.Item, settings: ItemSettings | SettingError, options: Options,
            blocker: UnsupportedError | None, sleep: bool,
-           busy: _Scratch | None = None) -> tuple[_Scratch, Any]:
+           busy: _Scratch | None = None) -> tuple[_Scratch | None, Any]:
     """The parent's part of setup and the container's start: (scratch, CallInfo of it)."""
     pp.reset_request(item)
     pp.store_xfail(item)
-    scratch = _get_scratch(busy)
-    call = pp.CallInfo.from_call(
-        lambda: _start(item, settings, options, scratch, blocker, sleep), when="setup",
-        reraise=pp.get_reraise_exceptions(item.config))
-    return scratch, call
+    got: list[_Scratch] = []
+
+    def setup() -> rt.ContainerProcess:
+        try:
+            got.append(_get_scratch(busy))
+        except SetupError as e:  # EMFILE, say: a setup error, like the rest
+            _build_failed(e)
+        return _start(item, settings, options, got[0], blocker, sleep)
+
+    call = pp.CallInfo.from_call(setup, when="setup",
+                                 reraise=pp.get_reraise_exceptions(item.config))
+    return (got[0] if got else None), call  # no scratch only when the setup failed
 
 
 # -- going ahead -------------------------------------------------------------------------------
@@ -516,10 +544,15 @@ def _complete(item: pytest.Item, reports: dict[str, pytest.TestReport], result: 
             text += f"\n\nPython stack of the test when it crashed:\n{stack}"
         reports[when] = _synthesize(item, when, text, _dead_output(item, when))
         return
+    target = reports.get("call") or reports["setup"]
     note = reporting.hit_note(result, spec)
     if note:
-        target = reports.get("call") or reports["setup"]
         target.sections.append(("pytest-isolate: cap hit", note))
+    lost = reporting.lost_cgroup_text(result, spec)
+    if lost and target.passed:  # a pass without its caps proves less than it says
+        target.outcome, target.longrepr = "failed", lost
+    elif lost:
+        target.sections.append(("pytest-isolate: cgroup removed", lost))
 
 
 def _save_files(item: pytest.Item, rep: pytest.TestReport) -> None:

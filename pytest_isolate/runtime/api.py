@@ -16,7 +16,7 @@ from typing import Any
 from . import plan as plans
 from . import setup
 from .cgroups import NoCgroup, spares
-from .errors import SpecError
+from .errors import SetupError, SpecError, host_limit_error
 from .handle import ContainerProcess, release_link
 from .kernel import mountinfo
 from .kernel.namespaces import pid_namespace_for_next_fork
@@ -108,11 +108,17 @@ def _launch(spec: Spec, workload_factory, child_stdio: dict[int, int | None],
     caps = (res.cpu, res.memory, res.pids)
     with contextlib.ExitStack() as undo:
         undo.callback(release_link, link)
-        if link is None and warm.eligible(spec):
-            started = _launch_warm(spec, caps, workload_factory, child_stdio, sleep, undo)
-        else:
-            started = _launch_cold(spec, caps, workload_factory, child_stdio, link, sleep,
-                                   undo)
+        try:
+            if link is None and warm.eligible(spec):
+                started = _launch_warm(spec, caps, workload_factory, child_stdio, sleep, undo)
+            else:
+                started = _launch_cold(spec, caps, workload_factory, child_stdio, link, sleep,
+                                       undo)
+        except OSError as e:
+            error = host_limit_error("start the container", e)
+            if error is None:
+                raise
+            raise error from e
         started.link = link
         undo.pop_all()
         return started
@@ -162,11 +168,14 @@ def _launch_warm(spec: Spec, caps: tuple, workload_factory, child_stdio, sleep: 
     steps = plans.warm_steps(spec.network, spec.hostname, init.hostname, capped,
                              plans.confinement_of(spec))
     setup.prepare(steps)
-    started = launch.launch(
-        cgroup, workload_factory, child_stdio, init.pid_namespace_for_next_fork,
-        lambda ends, work: child.warm_stage(steps, ends, init.pidfd, work, joins),
-        alive=False, extra_keep=(init.pidfd,), deadline_after=spec.resources.timeout,
-        sleep=sleep and not child_stdio, sleep_at_once=True, undo=undo)
+    try:
+        started = launch.launch(
+            cgroup, workload_factory, child_stdio, init.pid_namespace_for_next_fork,
+            lambda ends, work: child.warm_stage(steps, ends, init.pidfd, work, joins),
+            alive=False, extra_keep=(init.pidfd,), deadline_after=spec.resources.timeout,
+            sleep=sleep and not child_stdio, sleep_at_once=True, undo=undo)
+    except SetupError as e:
+        raise warm.explain(e) from None
     started.warm_init = init
     # A function workload's last frame settles its outcome: the caller goes on, and the
     # copy's exit (unmapping its copy of the caller's memory) overlaps the caller's work.

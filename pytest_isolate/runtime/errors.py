@@ -100,5 +100,45 @@ _HINTS = {
 }
 
 
+# Hints for errno values whose fix is the same whatever step hit them: host limits.
+_ERRNO_HINTS = {
+    _errno.EMFILE: "raise this process's open-file limit (ulimit -n 65536 before pytest, or "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, ...) in conftest.py), or find what leaks "
+    "files (ls -l /proc/<pid>/fd)",
+    _errno.ENFILE: "the whole system is out of open files: raise fs.file-max "
+    "(sysctl -w fs.file-max=...), or find the process that holds them",
+    # The container's writable layers are on a tmpfs of its own, which has no size cap; only
+    # --isolate-keep puts them on the host, in /dev/shm.
+    _errno.ENOSPC: "a filesystem is full: with --isolate-keep the container's writes go to "
+    "/dev/shm/pytest-isolate-keep-<uid> on the host (df -h /dev/shm): free space there, or "
+    "keep less (--isolate-keep=failed or never)",
+}
+
+
 def hint_for(step: str, err: int | None) -> str:
-    return _HINTS.get((step, err), "")
+    return _HINTS.get((step, err)) or _ERRNO_HINTS.get(err or 0, "")
+
+
+def open_files_text() -> str:
+    """How many files this process has open, against its soft RLIMIT_NOFILE."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        n = str(len(os.listdir("/proc/self/fd")) - 1)  # not listdir's own
+    except OSError:  # EMFILE itself: no fd left to list them with
+        n = "all"
+    return f"{n} files open, RLIMIT_NOFILE soft limit {soft}"
+
+
+def host_limit_error(step: str, e: OSError) -> SetupError | None:
+    """A SetupError for an OSError that says the calling process ran out of something
+    (open files), or None: the step and its fix, not a traceback of the launcher."""
+    if e.errno == _errno.EMFILE:
+        return SetupError(step, f"this process ({open_files_text()})", e.errno,
+                          "no file descriptor left",
+                          hint_for(step, e.errno))
+    if e.errno == _errno.ENFILE:
+        return SetupError(step, "the system", e.errno, "no file descriptor left",
+                          hint_for(step, e.errno))
+    return None

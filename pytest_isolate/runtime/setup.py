@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 
 from . import syscalls as sc
-from .errors import SetupError
+from .errors import SetupError, hint_for
 from .kernel import confine, namespaces, rootfs
 from .plan import FORK_WORKLOAD, WAIT_PLACED, Step
 
@@ -116,7 +116,8 @@ def run_steps(steps: Iterable[Step], ctx: Context,
             raise
         except OSError as e:
             raise SetupError(step.name, step.target, e.errno, e.strerror or str(e),
-                             _STEP_HINTS.get(step.name, "")) from None
+                             _STEP_HINTS.get(step.name) or hint_for(step.name, e.errno)
+                             ) from None
         except Exception as e:
             raise SetupError(step.name, step.target, getattr(e, "errno", None),
                              f"{type(e).__name__}: {e}", _STEP_HINTS.get(step.name, "")

@@ -89,7 +89,7 @@ def test_caps_hit_become_clear_failures(pytester, caps_ok):
     """)
     result.assert_outcomes(failed=4, xfailed=1)
     result.stdout.fnmatch_lines([
-        "*killed by the OOM killer: memory cap 64M reached (peak 6*M)*",
+        "*killed by the OOM killer: memory cap 64M reached (peak 6*M; files the test wrote*",
         "*printed before the OOM kill*",
     ])
     result.stdout.fnmatch_lines(["*pids cap 16 reached: fork failed*"])

@@ -26,6 +26,7 @@ from pytest_isolate.runtime import (
     start_until_done,
 )
 from pytest_isolate.runtime import syscalls as sc
+from pytest_isolate.runtime.warm import nets
 from pytest_isolate.runtime.warm import pool as warm
 from tests.conftest import net_fds, require, require_caps, sleeps_with, wait_until
 
@@ -735,8 +736,8 @@ def test_ended_containers_network_namespaces_are_let_go_together():
     def runs(n: int) -> list[str]:
         return [run(SPEC, os.readlink, "/proc/self/ns/net").value for _ in range(n)]
     seen = runs(3)
-    if warm._can_hold_nets:  # learned at the first hold (a slow guest is spared the rest)
-        seen += runs(warm.NET_BATCH)
+    if nets._can_hold_nets:  # learned at the first hold (a slow guest is spared the rest)
+        seen += runs(nets.NET_BATCH)
         assert _held_nets() == set(seen[-3:])  # the first NET_BATCH went together
     else:
         assert _held_nets() == set()

@@ -20,6 +20,9 @@ class CgroupStats:
     memory_peak: int | None = None
     oom_kills: int = 0
     pids_max_hits: int = 0
+    # directories of the cgroup gone when read: removed by someone else while the test ran,
+    # so its caps stopped holding and the figures above are incomplete
+    lost: tuple[str, ...] = ()
 
 
 def since(now: CgroupStats, base: CgroupStats) -> CgroupStats:
@@ -35,7 +38,7 @@ def since(now: CgroupStats, base: CgroupStats) -> CgroupStats:
         throttled_seconds=less(now.throttled_seconds, base.throttled_seconds),
         memory_peak=now.memory_peak,
         oom_kills=now.oom_kills - base.oom_kills,
-        pids_max_hits=now.pids_max_hits - base.pids_max_hits)
+        pids_max_hits=now.pids_max_hits - base.pids_max_hits, lost=now.lost)
 
 
 def cpu_quota_us(cpu: float) -> int:

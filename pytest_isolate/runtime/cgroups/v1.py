@@ -8,6 +8,7 @@ memory.max_usage_in_bytes, memory.oom_control (oom_kill, not failcnt) and pids.e
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from ..errors import SetupError
 from .driver import kill_members, new_name, read, remove_dir, try_remove_dir, write
@@ -93,13 +94,22 @@ class V1Cgroup:
             write(path, str(pid), "join cgroup")
 
     def stats(self) -> CgroupStats:
+        lost: dict[str, None] = {}
+
         def f(ctl: str, name: str) -> str | None:
             d = self.dirs.get(ctl)
-            return read(os.path.join(d, name)) if d else None
+            if not d:
+                return None
+            value = read(os.path.join(d, name))
+            if value is None and not os.path.isdir(d):
+                lost[d] = None
+            return value
         self._raw = None
         raw = v1_stats(f("cpuacct", "cpuacct.usage"), f("cpu", "cpu.stat"),
                        f("memory", "memory.max_usage_in_bytes"),
                        f("memory", "memory.oom_control"), f("pids", "pids.events"))
+        if lost:
+            raw = replace(raw, lost=tuple(lost))
         self._raw = raw
         return raw if self._base is None else since(raw, self._base)
 
@@ -118,7 +128,7 @@ class V1Cgroup:
         if raw is None:  # never read: nothing to count from
             return False
         done = raw if self._base is None else since(raw, self._base)
-        if done.oom_kills or done.pids_max_hits:
+        if done.oom_kills or done.pids_max_hits or done.lost:
             return False
         if "pids" in self.dirs:
             if read(os.path.join(self.dirs["pids"], "pids.current")) != "0":

@@ -9,6 +9,7 @@ Figures: cpu.stat (usage_usec, nr_throttled, throttled_usec), memory.peak, memor
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from ..errors import SetupError, UnsupportedError
 from .driver import kill_members, new_name, read, remove_dir, try_remove_dir, write
@@ -91,7 +92,10 @@ class V2Cgroup:
     def stats(self) -> CgroupStats:
         def f(name: str) -> str | None:
             return read(os.path.join(self.dir, name))
-        return v2_stats(f("cpu.stat"), f("memory.peak"), f("memory.events"), f("pids.events"))
+        raw = v2_stats(f("cpu.stat"), f("memory.peak"), f("memory.events"), f("pids.events"))
+        if raw.cpu_seconds is None and not os.path.isdir(self.dir):  # cpu.stat is always there
+            raw = replace(raw, lost=(self.dir,))
+        return raw
 
     def recycle(self) -> bool:
         # Not on v2: memory.peak is reset per open file since Linux 6.12 only, and this

@@ -79,12 +79,18 @@ def stdio_pipes(child_stdio: dict[int, int | None]) -> tuple[dict[int, int], dic
     """(parent's ends, child's ends) by target fd: PIPE makes a pipe, an fd is handed over."""
     parent_ends: dict[int, int] = {}
     child_ends: dict[int, int] = {}
-    for target, how in child_stdio.items():
-        if how == PIPE:
-            r, w = pipe()
-            parent_ends[target], child_ends[target] = (w, r) if target == 0 else (r, w)
-        elif how is not None:
-            child_ends[target] = how
+    try:
+        for target, how in child_stdio.items():
+            if how == PIPE:
+                r, w = pipe()
+                parent_ends[target], child_ends[target] = (w, r) if target == 0 else (r, w)
+            elif how is not None:
+                child_ends[target] = how
+    except BaseException:  # EMFILE at the second pipe: the first goes too
+        for target, fd in parent_ends.items():
+            close(fd)
+            close(child_ends[target])
+        raise
     return parent_ends, child_ends
 
 
@@ -208,18 +214,24 @@ def launch(cgroup: Driver, workload_factory: Callable, child_stdio: dict[int, in
     joins = cgroup.self_join_files()  # v1: the child joins its cgroup itself
     by_write = not isinstance(cgroup, NoCgroup) and not joins  # unless born there
     local = here()
+    # The child's ends, closed here after the fork; by `undo` if a later acquisition fails
+    # (EMFILE at the next pipe, say). Emptied once closed: an fd number is reused at once.
+    theirs: list[int | None] = []
+    undo.callback(lambda: [close(fd) for fd in theirs])
     with local.lock:
         result_r, result_w = pipe()
         undo.callback(close, result_r)
+        theirs.append(result_w)
         alive_r, alive_w = pipe() if alive else (None, None)
         undo.callback(close, alive_w)
+        theirs.append(alive_r)
         place_r, place_w = pipe() if by_write else (None, None)
         undo.callback(close, place_w)
+        theirs.append(place_r)
         parent_ends, child_ends = stdio_pipes(child_stdio)
         for fd in parent_ends.values():
             undo.callback(close, fd)
-        theirs = [result_w, alive_r, place_r,
-                  *(fd for t, fd in child_ends.items() if t in parent_ends)]
+        theirs += [fd for t, fd in child_ends.items() if t in parent_ends]
         keep = {result_w, *child_ends.values()}
         workload = workload_factory(child_ends)
         started = time.monotonic()
@@ -238,6 +250,7 @@ def launch(cgroup: Driver, workload_factory: Callable, child_stdio: dict[int, in
             release_interrupts(mask)  # a Ctrl-C held meanwhile is raised here
         for fd in theirs:
             close(fd)
+        theirs.clear()
     pidfd = None
     if sleep and sleep_at_once and (born or not by_write):
         # At once, before any bookkeeping: the child waits for this CPU.

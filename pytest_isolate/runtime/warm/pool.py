@@ -21,9 +21,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
-import fcntl
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -32,13 +32,14 @@ import threading
 from collections.abc import Callable
 
 from .. import plan as plans
-from .. import syscalls as sc
 from ..errors import SetupError
 from ..kernel import mountinfo
 from ..kernel.namespaces import pid_namespace_for_next_fork
 from ..local import here
 from ..process import protocol
+from ..result import signal_name
 from ..spec import Spec
+from .nets import hold_net, release_nets
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
@@ -50,42 +51,6 @@ def eligible(spec: Spec) -> bool:
             and spec.rootfs is None and not spec.layers and spec.image is None
             and not spec.mounts and spec.keep_dir is None and spec.time_offsets is None
             and os.environ.get(DISABLE_ENV) != "1")
-
-
-# Ended containers' network namespaces, kept open and let go of together. A network
-# namespace's teardown (cleanup_net) runs two rcu_barrier()s whatever the number of namespaces
-# it takes at once; one a container, on a 2-CPU VM, cost 0.2-0.3 ms of CPU a test in kernel
-# workers (perf). A held namespace has no process and no socket left: a test's process that
-# inherits the fds (as it inherits the zygote socket) finds a loopback and nothing else.
-NET_BATCH = 32
-_can_hold_nets = True  # PIDFD_GET_NET_NAMESPACE needs Linux 6.11 (a kernel fact: inherited)
-
-
-def _hold_net(pidfd: int) -> None:
-    """Keep init's network namespace alive past its death, to be let go with others."""
-    global _can_hold_nets
-    if not _can_hold_nets:
-        return
-    dead = here().dead_nets  # a forked child's copies are not its own to batch
-    try:
-        fd = fcntl.ioctl(pidfd, sc.PIDFD_GET_NET_NAMESPACE, 0)
-        dead.append(fd)
-        here().open_fds.add(fd)  # a test's process does not inherit it (launch.close_foreign)
-    except OSError as e:
-        if e.errno in (errno.ENOTTY, errno.EINVAL):  # before Linux 6.11
-            _can_hold_nets = False
-        return  # else init is gone already (ESRCH): nothing to hold
-    if len(dead) >= NET_BATCH:
-        release_nets()
-
-
-def release_nets() -> None:
-    """Let go of the held network namespaces (the kernel tears them down in one batch)."""
-    dead = here().dead_nets
-    while dead:
-        fd = dead.pop()
-        here().open_fds.discard(fd)
-        os.close(fd)
 
 
 class WarmInit:
@@ -117,7 +82,7 @@ class WarmInit:
         """Kill init, and with it every process of the container (idempotent)."""
         if self.pidfd >= 0:
             if self.network == "none":
-                _hold_net(self.pidfd)
+                hold_net(self.pidfd)
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             os.close(self.pidfd)
@@ -149,6 +114,7 @@ class _Pool:
         self.asked_at = 0  # mount_generation() when the pending container was asked for
         self.on_chores: Callable[[dict | None], None] | None = None  # for the pending ask
         self.ready: tuple[str, int, WarmInit | SetupError] | None = None  # answered early
+        self.dead = False  # its socket said so (its exit may wait on our unreaped workloads)
 
     def _ask(self, network: str, chores: dict | None = None) -> None:
         self.asked_at = mountinfo.mount_generation()
@@ -176,15 +142,33 @@ class _Pool:
         if reply is None or self.proc.poll() is not None:
             for fd in fds:
                 os.close(fd)
-            return SetupError("warm container", "zygote", None,
-                              f"the helper process exited (status {self.proc.poll()})",
-                              "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold")
+            self.dead = True
+            return self.died()
         if "error" in reply:
             return SetupError.from_frame(reply["error"])
         if not fds:
             return SetupError("warm container", "zygote", None, "the answer carried no pidfd",
                               "set PYTEST_ISOLATE_NO_WARM=1 to build containers cold")
         return WarmInit(fds[0], network, reply["hostname"])  # type: ignore[arg-type]
+
+    def hung_up(self) -> bool:
+        """The zygote closed its end (it died): one poll, no answer consumed."""
+        p = select.poll()
+        p.register(self.sock, select.POLLHUP)
+        if p.poll(0):
+            self.dead = True
+        return self.dead
+
+    def died(self) -> SetupError:
+        """What to say when the zygote is gone: how it ended, and the way around it."""
+        reap_exiting()  # as pid 1 it ends only once the workloads we forked into it are reaped
+        status = self.proc.poll()
+        how = ("is gone" if status is None else f"was killed by {signal_name(-status)}"
+               if status < 0 else f"exited with status {status}")
+        return SetupError("warm container", f"zygote (pid {self.proc.pid})", None,
+                          f"the helper process that builds containers ahead {how}",
+                          "see what killed it (dmesg: the OOM killer?); set "
+                          "PYTEST_ISOLATE_NO_WARM=1 to build containers without it")
 
     def _answer(self) -> tuple[str, int, WarmInit]:
         """(network, mount generation at the ask, container) of the last ask."""
@@ -298,8 +282,49 @@ def prepare(network: str = "none") -> None:
 
 
 def take(network: str) -> WarmInit:
-    """A container built ahead (or now). The caller then asks for the next (`ask_next`)."""
-    return _get_pool().take(network)
+    """A container built ahead (or now). The caller then asks for the next (`ask_next`).
+    A zygote that died (killed by someone, mid-build or not) is replaced once: its
+    containers died with it, and a new one builds this one."""
+    pool = _get_pool()
+    try:
+        warm = pool.take(network)
+        if not pool.hung_up():
+            return warm
+        warm.kill()  # built, then its zygote died: so did it
+        raise pool.died()
+    except (SetupError, OSError) as e:
+        # an OSError here is the socket's: the zygote is gone
+        if not (pool.dead or isinstance(e, OSError) or pool.proc.poll() is not None):
+            raise
+        died = pool.died()
+        _drop(pool)
+    try:
+        return _get_pool().take(network)
+    except OSError as e:  # the new one died too: say how the first did
+        raise died from e
+
+
+def explain(error: SetupError) -> SetupError:
+    """A join of a taken container that failed with ESRCH because its zygote died meanwhile
+    (after the take looked): say that; the next take replaces the zygote."""
+    pool = here().pool
+    if error.errno == errno.ESRCH and pool is not None and (
+            pool.hung_up() or pool.proc.poll() is not None):
+        return pool.died()
+    return error
+
+
+def _drop(pool: _Pool) -> None:
+    """Forget a dead zygote (and reap it); the next _get_pool starts a new one."""
+    local = here()
+    with local.pool_lock:
+        if local.pool is pool:
+            local.pool = None
+    on_chores, pool.on_chores = pool.on_chores, None
+    pool.pending, pool.ready = None, None  # no answer will come: nothing to settle
+    if on_chores is not None:
+        on_chores(None)  # not done: their cgroups are planned again
+    pool.close()
 
 
 Plan = Callable[[], "tuple[dict | None, Callable[[dict | None], None] | None]"]
