@@ -59,6 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[OPTIONS] = options
     config.pluginmanager.register(Summary(), "isolate-summary")
     _term_as_interrupt()
+    _die_with_the_controller(config)
     _start_warm_for_all(config, options)
 
 
@@ -80,6 +81,20 @@ def _term_as_interrupt() -> None:
         raise KeyboardInterrupt("SIGTERM")
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def _die_with_the_controller(config: pytest.Config) -> None:
+    """An xdist worker whose controller is killed (SIGKILL: no shutdown message) would run
+    its test to the end, containers and all, for nobody. It gets SIGTERM instead, which
+    _term_as_interrupt makes an interrupt: its containers are torn down and it exits."""
+    if getattr(config, "workerinput", None) is None:
+        return
+    from .runtime import syscalls as sc
+
+    with contextlib.suppress(OSError):
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the controller died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 WARM_ASKED = pytest.StashKey[bool]()

@@ -91,11 +91,32 @@ def ensure_owner_lock() -> str:
 _cleaned = False
 
 
+_before_release: list = []
+
+
+def before_release(fn) -> None:
+    """Have fn (stop the zygote, say) run at exit before the lock file goes: what it stops
+    can make no more cgroups once the check below has looked."""
+    _before_release.append(fn)
+
+
 def _release(path: str, pid: int) -> None:
-    """At a normal exit: every container is gone, so the lock file goes too (and the state
-    directory when it is empty). Forked children leave through os._exit and never get here."""
+    """At exit: the lock file goes (and the state directory when it is empty), unless
+    something of this process is left that its exit could not remove (a cgroup still busy,
+    say, in an xdist worker interrupted as its controller died): then the file stays,
+    unlocked, and the next run's start finds a dead owner and sweeps. Forked children leave
+    through os._exit and never get here."""
     if os.getpid() != pid:
         return
+    for fn in _before_release:
+        with contextlib.suppress(Exception):
+            fn()
+    with contextlib.suppress(Exception):
+        cgroups = importlib.import_module(CLEANERS[0])
+        if pid in cgroups.stale_owners():
+            cgroups.remove_stale(pid)
+            if pid in cgroups.stale_owners():
+                return
     with contextlib.suppress(OSError):
         os.unlink(path)
     with contextlib.suppress(OSError):

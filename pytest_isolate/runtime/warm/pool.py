@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 from .. import plan as plans
 from ..errors import SetupError
+from ..host import state
 from ..kernel import mountinfo
 from ..kernel.namespaces import pid_namespace_for_next_fork
 from ..local import here
@@ -396,3 +397,4 @@ def _at_exit() -> None:
 
 
 atexit.register(_at_exit)
+state.before_release(_at_exit)  # its exit may be run after the owner lock's
