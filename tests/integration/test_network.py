@@ -89,8 +89,8 @@ def test_the_namespaces_are_not_the_hosts():
         out = pair.a.run(["cat", "/proc/net/dev"], text=True).stdout
         names = {line.split(":")[0].strip() for line in out.splitlines()[2:]}
         assert names == {"lo", "eth0"}
-        with pytest.raises(OSError):  # the host's loopback is not there
-            pair.b.socket().connect(("127.0.0.1", 9))
+        with pair.b.socket() as s, pytest.raises(OSError):  # the host's loopback is not there
+            s.connect(("127.0.0.1", 9))
 
 
 def test_with_endpoint_moves_only_this_thread_in_and_back():

@@ -30,7 +30,11 @@ def _connect(end, host: str, port: int, timeout: float = 2.0,
              family: int = socket.AF_INET) -> socket.socket:
     c = end.socket(family)
     c.settimeout(timeout)
-    c.connect((host, port))
+    try:
+        c.connect((host, port))
+    except OSError:
+        c.close()
+        raise
     return c
 
 
