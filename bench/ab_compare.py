@@ -1,6 +1,6 @@
 """Interleaved A/B of two versions of the plugin on the same trivial suite, in the same run.
 
-    python bench/ab_compare.py [--rounds 10] [--tests 200] VARIANT ...
+    python bench/ab_compare.py [--rounds 10] [--tests 200] [--busy N] VARIANT ...
 
 A VARIANT is NAME=WHERE[:ARGS]: WHERE is a git revision of this repository (exported to a
 temporary directory) or a directory holding a `pytest_isolate` package; ARGS are pytest
@@ -14,6 +14,10 @@ its parent, with caps):
 
     python bench/ab_compare.py --rounds 10 plain=HEAD forked=HEAD:--forked \\
         "A=HEAD~1:--isolate=all --isolate-memory=1G" "B=HEAD:--isolate=all --isolate-memory=1G"
+
+`--busy N` keeps N processes spinning (`while True: pass`, at the default priority) for the
+whole comparison: how a test's cost holds up on a host whose CPUs other work wants. The CPU
+figures then count the spinners too and are left out.
 
 All rows run in the pytest 8.4.2 venv scripts/setup.sh builds (as bench/per_test_overhead.py).
 """
@@ -49,7 +53,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--tests", type=int, default=200)
     ap.add_argument("--python", default=PY84)
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="keep N processes spinning meanwhile")
     a = ap.parse_args()
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(a.busy)]
+    try:
+        times, cpus = _compare(a)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    _print(a, times, None if a.busy else cpus)
+
+
+def _compare(a: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     with tempfile.TemporaryDirectory(prefix="pti-ab-") as t:
         tmp = Path(t)
         (tmp / "pkgs").mkdir()
@@ -68,16 +86,21 @@ def main() -> None:
                 wall, cpu = run_once(a.python, suite, args, a.tests, path)
                 times[name].append(wall)
                 cpus[name].append(cpu)
+    return times, cpus
 
-    def overhead(name: str, of: dict[str, list[float]] = times) -> list[float]:
+
+def _print(a: argparse.Namespace, times: dict[str, list[float]],
+           cpus: dict[str, list[float]] | None) -> None:
+    def overhead(name: str, of: dict[str, list[float]] | None = times) -> list[float]:
         return [(x - p) / a.tests * 1e3 for x, p in zip(of[name], of["plain"], strict=True)]
 
     for name in times:
         if name != "plain":
             o = overhead(name)
+            cpu = ("" if cpus is None else
+                   f"; CPU {statistics.median(overhead(name, cpus)):.2f} ms a test")
             print(f"{name:12s} {statistics.median(o):6.2f} ms a test over plain  "
-                  f"({' '.join(f'{x:.1f}' for x in o)}); "
-                  f"CPU {statistics.median(overhead(name, cpus)):.2f} ms a test")
+                  f"({' '.join(f'{x:.1f}' for x in o)}){cpu}")
     if "forked" in times:
         f = overhead("forked")
         for name in times:
@@ -91,6 +114,8 @@ def main() -> None:
         d = [y - x for x, y in zip(overhead(first), overhead(second), strict=True)]
         print(f"{second} - {first}: median {statistics.median(d):+.3f} ms a test, "
               f"{second} better in {sum(x < 0 for x in d)} of {len(d)} rounds")
+        if cpus is None:
+            return
         c = [y - x for x, y in zip(overhead(first, cpus), overhead(second, cpus), strict=True)]
         print(f"{second} - {first}, CPU: median {statistics.median(c):+.3f} ms a test, "
               f"{second} less in {sum(x < 0 for x in c)} of {len(c)} rounds")

@@ -28,7 +28,7 @@ from pytest_isolate.runtime import (
 from pytest_isolate.runtime import syscalls as sc
 from pytest_isolate.runtime.warm import nets
 from pytest_isolate.runtime.warm import pool as warm
-from tests.conftest import net_fds, require, require_caps, sleeps_with, wait_until
+from tests.conftest import WAIT, net_fds, require, require_caps, sleeps_with, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 SPEC = Spec(hostname="box")
@@ -195,6 +195,35 @@ def test_a_killed_zygote_takes_every_container_it_built_along():
         taken.kill()
         warm.shutdown()
     assert run(SPEC, os.getpid).value == 2  # a new zygote
+
+
+def test_the_zygote_builds_ahead_at_sched_idle_and_at_sched_other_while_waited_for():
+    # At SCHED_IDLE a build the caller waits for starves on a host whose CPUs are busy with
+    # other work; the caller raises it for the wait and lowers it with its next ask.
+    if not warm.eligible(SPEC):
+        pytest.skip(WARM_IS_ROOTS)
+    assert run(SPEC, os.getpid).value == 2  # the zygote is up, the next container asked for
+    zygote = warm.pool_process().pid
+    assert os.sched_getscheduler(zygote) == os.SCHED_IDLE
+    taken = [warm.take(SPEC.network)]
+    os.kill(zygote, signal.SIGSTOP)  # so that the next answer is surely waited for
+    try:
+        warm.ask_next(SPEC.network)
+        waiter = threading.Thread(target=lambda: taken.append(warm.take(SPEC.network)))
+        waiter.start()
+        raised = wait_until(lambda: os.sched_getscheduler(zygote) == os.SCHED_OTHER)
+    finally:
+        os.kill(zygote, signal.SIGCONT)
+    waiter.join(WAIT)
+    try:
+        assert raised, "the zygote stayed at SCHED_IDLE while the caller waited for it"
+        assert len(taken) == 2
+        warm.ask_next(SPEC.network)
+        assert os.sched_getscheduler(zygote) == os.SCHED_IDLE
+    finally:
+        for init in taken:
+            init.kill()
+        warm.shutdown()
 
 
 def test_shutdown_does_not_hang_on_a_warm_container_still_running():

@@ -245,10 +245,11 @@ def main() -> None:
     if sc.handlers_installed():
         _sleepers[0] = False
     sock = socket.socket(fileno=fd)
-    # SCHED_IDLE: build only on a CPU nobody else wants. Racing the caller's freshly forked
-    # test for a CPU cost 0.6-0.9 ms per test on 2 CPUs (bench/per_test_overhead.py). The
-    # caller never starves it: when it waits for a container its own CPU goes idle. Each
-    # init returns to SCHED_OTHER before it is handed out. It is not "only on an idle CPU":
+    # SCHED_IDLE: build ahead only on a CPU nobody else wants. Racing the caller's freshly
+    # forked test for a CPU cost 0.6-0.9 ms per test on 2 CPUs (bench/per_test_overhead.py).
+    # A build the caller waits for is raised to SCHED_OTHER by the caller for the wait
+    # (pool._Pool._hurry): on a host busy with other work it would starve. Each init returns
+    # to SCHED_OTHER before it is handed out. It is not "only on an idle CPU":
     # under EEVDF (Linux 6.6+) a waiting SCHED_IDLE task is still picked beside a running
     # test at times (docs/explanation/architecture.md, "Where the remaining gap is").
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
