@@ -1,6 +1,7 @@
 """Per-test overhead of --isolate=all against pytest-forked, measured in the same run.
 
-    python bench/per_test_overhead.py [--tests 200] [--rounds 5] [--python PY]
+    python bench/per_test_overhead.py [--tests 200] [--rounds 5] [--python PY] [--no-big]
+        [--no-real]
 
 Runs a suite of N trivial tests in a subprocess under several options, round-robin for
 --rounds rounds, and prints the median wall time of each row, the per-test overhead over the
@@ -12,7 +13,9 @@ counts what the wall time can hide on an idle second CPU (the zygote's builds, t
 cleanup workers) and what a loaded machine (xdist, a busy CI runner) pays for in wall time;
 it also varies far less between rounds than the wall time does on a VM with steal. The
 "500 MB" rows hold 500 MB of touched memory in the pytest process (fork and exit cost grows
-with the parent's memory).
+with the parent's memory). The "six" rows run a suite written by others: six 1.17.0's
+test_six.py (about 200 tests: classes, fixtures, skips, parametrized tests), from the sdist
+scripts/setup.sh fetches.
 All rows run in the pytest 8.4.2 venv scripts/setup.sh builds: pytest-forked 1.7.5 is broken on
 pytest 9.
 """
@@ -21,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +47,12 @@ BIG = {
     "--forked, 500 MB": ["--forked"],
     "--isolate=all, 500 MB": ["--isolate=all"],
 }
+REAL = {
+    "plain, six": [],
+    "--forked, six": ["--forked"],
+    "--isolate=all, six": ["--isolate=all"],
+}
+SIX_SDIST = Path("/opt/pytest-isolate/real-suite/six-1.17.0.tar.gz")
 CONFTEST_500MB = """
 # Private memory, every page touched: what a test suite's caches and fixtures look like to fork.
 _held = bytearray(500 * 1024 * 1024)
@@ -60,6 +71,13 @@ def make_suite(root: Path, n: int, big: bool) -> Path:
     return root
 
 
+def six_suite(root: Path) -> Path:
+    """six's own suite, unpacked; its test file is test_six.py."""
+    with tarfile.open(SIX_SDIST) as tar:
+        tar.extractall(root, filter="data")
+    return root / "six-1.17.0"
+
+
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -71,10 +89,11 @@ def _busy_seconds() -> float:
     return (user + nice + system + irq + softirq) / _TICK
 
 
-def run_once(python: str, suite: Path, args: list[str], n: int,
+def run_once(python: str, suite: Path, args: list[str], n: int | str,
              pythonpath: str = str(REPO)) -> tuple[float, float]:
     """(wall seconds, busy CPU seconds of the machine) of one pytest run of `suite`
-    (pythonpath: where pytest_isolate comes from)."""
+    (pythonpath: where pytest_isolate comes from). n: the tests that must pass, or the
+    summary every row of that suite must end with."""
     env = {**os.environ, "PYTHONPATH": pythonpath}
     busy, t0 = _busy_seconds(), time.perf_counter()
     proc = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
@@ -84,7 +103,8 @@ def run_once(python: str, suite: Path, args: list[str], n: int,
     # The kernel's deferred cleanup of the last containers (namespaces, RCU) ends soon after.
     time.sleep(0.05)
     cpu = _busy_seconds() - busy
-    if proc.returncode != 0 or f"{n} passed" not in proc.stdout:
+    want = f"{n} passed" if isinstance(n, int) else n
+    if proc.returncode != 0 or want not in proc.stdout:
         raise SystemExit(f"row {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
     return elapsed, cpu
 
@@ -95,18 +115,27 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--python", default=PY84)
     ap.add_argument("--no-big", action="store_true", help="skip the 500 MB rows")
+    ap.add_argument("--no-real", action="store_true", help="skip six's suite")
     a = ap.parse_args()
+    real = not a.no_real
+    if real and not SIX_SDIST.exists():
+        raise SystemExit(f"{SIX_SDIST} is missing: run scripts/setup.sh (or give --no-real)")
     with tempfile.TemporaryDirectory(prefix="pti-bench-") as tmp:
         small = make_suite(Path(tmp) / "small", a.tests, big=False)
         large = make_suite(Path(tmp) / "large", a.tests, big=True)
         plan = [(name, small, args) for name, args in ROWS.items()]
         if not a.no_big:
             plan += [(name, large, args) for name, args in BIG.items()]
+        counts: dict[Path, int | str] = {small: a.tests, large: a.tests}
+        if real:
+            six = six_suite(Path(tmp) / "real")
+            plan += [(name, six, args) for name, args in REAL.items()]
+            counts[six], n_six = _summary(a.python, six)
         times: dict[str, list[float]] = {name: [] for name, _, _ in plan}
         cpus: dict[str, list[float]] = {name: [] for name, _, _ in plan}
         for _ in range(a.rounds):
             for name, suite, args in plan:
-                wall, cpu = run_once(a.python, suite, args, a.tests)
+                wall, cpu = run_once(a.python, suite, args, counts[suite])
                 times[name].append(wall)
                 cpus[name].append(cpu)
     med = {name: statistics.median(v) for name, v in times.items()}
@@ -116,9 +145,9 @@ def main() -> None:
     print(f"{a.tests} trivial tests, {a.rounds} rounds, medians; pytest {version}")
     print(f"{'row':<26}{'wall s':>9}{'per test ms':>13}{'CPU a test ms':>15}")
 
-    def show(name: str, base: str) -> float:
-        per = (med[name] - med[base]) / a.tests * 1000
-        cpu = (cpu_med[name] - cpu_med[base]) / a.tests * 1000
+    def show(name: str, base: str, n: int = a.tests) -> float:
+        per = (med[name] - med[base]) / n * 1000
+        cpu = (cpu_med[name] - cpu_med[base]) / n * 1000
         print(f"{name:<26}{med[name]:>9.2f}{per:>13.2f}{cpu:>15.2f}")
         return per
 
@@ -150,6 +179,29 @@ def main() -> None:
               + paired("--isolate=all, 500 MB", "--forked, 500 MB", "plain, 500 MB"))
         print("  CPU a test, ours/forked: "
               + cpu_ratio("--isolate=all, 500 MB", "--forked, 500 MB", "plain, 500 MB"))
+    if real:
+        print(f"six 1.17.0's test_six.py: {n_six} tests ({counts[six]})")
+        show("plain, six", "plain, six", n_six)
+        f_six = show("--forked, six", "plain, six", n_six)
+        o_six = show("--isolate=all, six", "plain, six", n_six)
+        print(f"ratio ours/forked on six: {o_six / f_six:.2f}")
+        print("  paired by round: " + paired("--isolate=all, six", "--forked, six", "plain, six"))
+        print("  CPU a test, ours/forked: "
+              + cpu_ratio("--isolate=all, six", "--forked, six", "plain, six"))
+
+
+def _summary(python: str, suite: Path) -> tuple[str, int]:
+    """The summary line of a plain run of six's suite (every row must end with the same)
+    and the number of tests in it."""
+    proc = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:randomly", str(suite)], capture_output=True, text=True,
+                          cwd=suite, env={**os.environ, "PYTHONPATH": str(REPO)})
+    last = proc.stdout.strip().splitlines()[-1]
+    counts = re.findall(r"(\d+) (passed|skipped|xfailed|xpassed|failed|error)", last)
+    if proc.returncode != 0 or not counts:
+        raise SystemExit(f"six's suite did not pass plain:\n{proc.stdout[-3000:]}")
+    summary = last.split(" in ")[0].strip("= ")
+    return summary, sum(int(c) for c, _ in counts)
 
 
 if __name__ == "__main__":

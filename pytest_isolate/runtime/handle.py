@@ -166,9 +166,9 @@ class ContainerProcess:
             # goes on; it is reaped later: a capped one before its figures are read (its exit
             # is part of its run), an uncapped one at the next warm start.
             if isinstance(launch.cgroup, NoCgroup):
-                from .warm import pool
+                from .warm import reaping
 
-                pool.defer_reap(launch.pid)
+                reaping.defer_reap(launch.pid)
             else:
                 self._unreaped = launch.pid
             status = protocol.LAST_WORDS[self._settled["t"]] << 8  # what run_workload exits with

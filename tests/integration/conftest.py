@@ -19,6 +19,7 @@ def no_leftovers():
     from pytest_isolate.runtime.host import state
     from pytest_isolate.runtime.kernel import mountinfo as rootfs
     from pytest_isolate.runtime.warm import pool as warm
+    from pytest_isolate.runtime.warm import reaping
 
     def snapshot():
         # What an earlier test dropped unclosed (a socket in a traceback's cycle) is closed by
@@ -36,7 +37,7 @@ def no_leftovers():
     # shutdown() waits 1 s for the zygote, whose exit waits until its pid namespace is empty;
     # on a slow host (the UML guest) that can take longer. A zygote still there after 5 s
     # fails below.
-    warm._reap_closed(timeout=5)
+    reaping.reap_closed(timeout=5)
     try:
         pid, _ = os.waitpid(-1, os.WNOHANG)
         assert pid == 0, f"an unreaped child {pid} is left"

@@ -41,6 +41,8 @@ from ..process import protocol
 from ..result import signal_name
 from ..spec import Spec
 from .nets import hold_net, release_nets
+from .reaping import reap_closed as _reap_closed
+from .reaping import reap_exiting
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
@@ -259,37 +261,6 @@ class _Pool:
         # Waiting on here could hang.
         here().closed.append(self.proc)
         _reap_closed(timeout=1)
-
-
-def defer_reap(pid: int) -> None:
-    """Reap this settled workload later (`reap_exiting`): exiting a forked copy of a big
-    caller (unmapping its memory) takes milliseconds, which then overlap the caller's work."""
-    here().exiting.append(pid)
-
-
-def reap_exiting(block: bool = False) -> None:
-    """Reap deferred workloads that have exited (all of them, with `block`). Safe from several
-    threads: a pid leaves the list only once it is reaped."""
-    exiting = here().exiting
-    for pid in list(exiting):
-        try:
-            done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
-        except ChildProcessError:  # reaped already (another thread, or a waitpid(-1))
-            done = pid
-        if done:
-            with contextlib.suppress(ValueError):
-                exiting.remove(pid)
-
-
-def _reap_closed(timeout: float) -> None:
-    closed = here().closed  # zygotes told to exit, not reaped yet
-    for proc in list(closed):
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # in case it is stuck in a build; it may also wait for a reap of ours
-        else:
-            closed.remove(proc)
 
 
 def _get_pool() -> _Pool:
