@@ -78,7 +78,7 @@ def _compare(a: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, l
             variants.append((name, package_dir(where, tmp / "pkgs"), args.split()))
         if "plain" not in [v[0] for v in variants]:
             raise SystemExit("give a variant named plain: the baseline")
-        suite = make_suite(tmp / "suite", a.tests, big=False)
+        suite = make_suite(tmp / "suite", a.tests)
         times: dict[str, list[float]] = {v[0]: [] for v in variants}
         cpus: dict[str, list[float]] = {v[0]: [] for v in variants}
         for _ in range(a.rounds):
