@@ -15,7 +15,7 @@ its parent, with caps):
     python bench/ab_compare.py --rounds 10 plain=HEAD forked=HEAD:--forked \\
         "A=HEAD~1:--isolate=all --isolate-memory=1G" "B=HEAD:--isolate=all --isolate-memory=1G"
 
-`--busy N` keeps N processes spinning (`while True: pass`, at the default priority) for the
+`--busy N` keeps N processes spinning (a busy loop, at the default priority) for the
 whole comparison: how a test's cost holds up on a host whose CPUs other work wants. The CPU
 figures then count the spinners too and are left out.
 
@@ -25,6 +25,7 @@ All rows run in the pytest 8.4.2 venv scripts/setup.sh builds (as bench/per_test
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import subprocess
@@ -56,8 +57,9 @@ def main() -> None:
     ap.add_argument("--busy", type=int, default=0, metavar="N",
                     help="keep N processes spinning meanwhile")
     a = ap.parse_args()
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                for _ in range(a.busy)]
+    # Each spins while this process lives: a killed comparison leaves none running.
+    spin = f"import os\nwhile os.getppid() == {os.getpid()}: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(a.busy)]
     try:
         times, cpus = _compare(a)
     finally:
